@@ -1,0 +1,186 @@
+"""`genlab ...`: train, sample, list, report. Names are resolved here, once.
+
+Exit codes: 0 success, 1 a run-time problem (missing data, diverged training, corrupt file), 2 bad usage
+(unknown family, dataset, sampler or config key, badly typed value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from genlab.errors import GenlabError, UsageError, unknown
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+
+
+def _resolve_config(arg: str) -> Path:
+    """A config path, or the name of a preset in configs/ (e.g. `ddpm-fmnist`)."""
+    p = Path(arg)
+    if p.is_file():
+        return p
+    if (CONFIG_DIR / f"{arg}.yaml").is_file():
+        return CONFIG_DIR / f"{arg}.yaml"
+    if p.suffix in (".yaml", ".yml"):
+        raise UsageError(f"config file not found: {arg}")
+    raise unknown("preset", arg, _presets())
+
+
+def cmd_train(args) -> int:
+    from genlab.config import build_run_config, dump_yaml, load_yaml, parse_overrides, set_dotted
+    from genlab.data import DATASETS
+    from genlab.models import get_family
+
+    family = get_family(args.family)
+    raw = load_yaml(_resolve_config(args.config)) if args.config else {}
+    cfg = build_run_config(args.family, family.Config, raw)
+    if args.data:
+        cfg.data.name = args.data
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    for k, v in parse_overrides(args.overrides):
+        set_dotted(cfg, k, v)
+    name = cfg.data.name
+    if not (name in DATASETS or name.startswith("folder:")):
+        raise unknown("dataset", name, DATASETS)
+    if args.family == "ddpm" and cfg.model.sampler not in family.SAMPLERS:
+        raise unknown("sampler", cfg.model.sampler, family.SAMPLERS)
+    out = Path(args.out or f"runs/{args.family}-{name.replace(':', '-').replace('/', '-')}")
+    resumed = args.resume and (out / "config.yaml").exists()
+    if args.dry_run:
+        print(f"# would train '{args.family}' on '{name}' into {out}{' (resuming)' if resumed else ''}")
+        print(dump_yaml(cfg), end="")
+        return 0
+    from genlab.report import write_report
+    from genlab.training.loop import train
+
+    run_dir = train(cfg, out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        report = write_report(run_dir)
+        print(f"done: {run_dir}\nreport: {report.resolve()}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from genlab.data import to_uint8
+    from genlab.data.png import save_grid, save_png
+    from genlab.training.run import load_run
+
+    run = load_run(args.run, ema=not args.no_ema)
+    if args.sampler is not None and args.sampler not in run.family.SAMPLERS:
+        raise unknown(f"sampler for {run.family_name}", args.sampler, run.family.SAMPLERS)
+    cond = None
+    if args.cls is not None:
+        if not getattr(run.config.model, "class_cond", False):
+            raise UsageError(f"--class needs a class-conditional model; {args.run} was trained without labels")
+        cond = torch.full((args.n,), args.cls, dtype=torch.long)
+    try:
+        x = run.sample(args.n, seed=args.seed, cond=cond, sampler=args.sampler, steps=args.steps, eta=args.eta)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out or Path(args.run) / "samples" / f"sample-seed{args.seed}.png")
+    if x.dim() != 4:
+        from safetensors.torch import save_file
+
+        out = out.with_suffix(".safetensors")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"points": x.contiguous()}, str(out))
+        print(f"wrote {len(x)} points to {out}")
+        return 0
+    images = to_uint8(x)
+    if out.suffix.lower() == ".png":
+        save_grid(images, out)
+        print(f"wrote a grid of {len(images)} samples to {out}")
+    else:
+        for i, im in enumerate(images):
+            save_png(im, out / f"{i:06d}.png")
+        print(f"wrote {len(images)} PNG files to {out}/")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from genlab.data import DATASETS
+    from genlab.models import FAMILIES
+
+    print("families:")
+    for name, fam in FAMILIES.items():
+        doc = (fam.__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:8s} {doc}")
+        print(f"  {'':8s} samplers: {', '.join(fam.SAMPLERS)}")
+    print("datasets:\n  " + ", ".join(DATASETS))
+    print("presets (configs/, use --config NAME):\n  " + ", ".join(_presets()))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from genlab.report import write_report
+
+    if not Path(args.run).is_dir():
+        raise GenlabError(f"run directory not found: {args.run}")
+    print(write_report(args.run).resolve())
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genlab", description="Train, sample and evaluate generative image models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a family on a dataset")
+    t.add_argument("family", help="model family (see `genlab list`)")
+    t.add_argument("--data", help="dataset name (default: the config's, else digits)")
+    t.add_argument("--data-dir", help="folder holding the dataset files")
+    t.add_argument("--config", help="YAML config file or preset name from configs/")
+    t.add_argument("--out", help="run directory (default runs/FAMILY-DATA)")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's newest good checkpoint")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=200 model.lr=1e-3")
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sample", help="sample from a trained run")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--sampler", help="sampler (e.g. ddim, ddpm); default the run's")
+    s.add_argument("--steps", type=int, help="sampler steps")
+    s.add_argument("--eta", type=float, help="DDIM eta")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--class", dest="cls", type=int, help="class label for conditional models")
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--out", help="FILE.png for a grid, or a DIR for one PNG per sample")
+    s.set_defaults(fn=cmd_sample)
+
+    sub.add_parser("list", help="families, datasets, samplers and presets").set_defaults(fn=cmd_list)
+
+    r = sub.add_parser("report", help="(re)write RUN/report.html")
+    r.add_argument("run")
+    r.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come before or after options
+    if extra and (args.command != "train" or any(x.startswith("-") or "=" not in x for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    try:
+        return args.fn(args)
+    except GenlabError as e:
+        print(f"genlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("genlab: interrupted (the newest checkpoint is intact; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

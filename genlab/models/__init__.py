@@ -1,0 +1,17 @@
+"""Model families: one file each, listed explicitly (no registration decorators).
+
+Each family module provides `Config`, `build(cfg)`, `make_optimizers(model, cfg)`,
+`train_step(model, batch, opts, ctx)`, `sample(model, n, *, cond=None, generator=None, **opts)` and `SAMPLERS`;
+optionally `encode`/`decode`, `log_likelihood`, and `report_images` (extra pictures for the run report).
+"""
+
+from genlab.errors import unknown
+from genlab.models import ddpm, vae
+
+FAMILIES = {"ddpm": ddpm, "vae": vae}
+
+
+def get_family(name: str):
+    if name not in FAMILIES:
+        raise unknown("family", name, FAMILIES)
+    return FAMILIES[name]

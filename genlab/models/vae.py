@@ -1,0 +1,201 @@
+"""VAE: variational autoencoder (Kingma & Welling 2014) with the IWAE likelihood bound (Burda et al. 2016).
+
+Encoder q(z|x) = N(mu, diag(exp(logvar))), prior p(z) = N(0, I), decoder p(x|z) either Gaussian with a learned
+scale (one log-sigma per channel) or Bernoulli on binarised pixels (x > 0 in [-1, 1]). Training maximises the
+ELBO E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)) with the reparameterisation z = mu + exp(logvar/2) * eps.
+Convolutional networks for images, MLPs for 2-D points.
+
+Likelihood convention: for 8-bit images the Gaussian decoder's continuous density on [-1, 1] is turned into a
+(lower bound on the) discrete likelihood by uniform dequantisation: log P(x) >= log p(x) + D log(2/256), the
+bin width of one 8-bit level in [-1, 1] units. Bernoulli likelihoods are of the binarised image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.rng import SampleRNG
+
+SAMPLERS = ("prior",)
+DECODERS = ("gaussian", "bernoulli")
+
+
+@dataclass
+class Config:
+    data_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # set from the dataset: [C, H, W] or [D]
+    num_classes: int = 0  # set from the dataset (unused by the plain VAE)
+    latent_dim: int = 16  # size of z; 2 for a latent you can plot, 8-64 for images
+    channels: int = 32  # conv width of the first encoder level (doubles at the second)
+    mlp_hidden: int = 256  # hidden width for 2-D points
+    decoder: str = "gaussian"  # gaussian (learned per-channel scale) | bernoulli (binarised pixels)
+    beta: float = 1.0  # KL weight; 1 = the ELBO (beta-VAE otherwise)
+    lr: float = 1e-3  # Adam learning rate
+    iwae_k: int = 64  # importance samples for the NLL estimate
+
+
+class VAE(nn.Module):
+    """`forward(x, eps) -> (decoder output, mu, logvar)` with z = mu + sigma * eps (all through one forward for DDP)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        if cfg.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder '{cfg.decoder}'; expected one of: {', '.join(DECODERS)}")
+        self.cfg = cfg
+        z, shape = cfg.latent_dim, cfg.data_shape
+        self.log_sigma = nn.Parameter(torch.full((shape[0],), math.log(0.1)))
+        if len(shape) == 1:
+            h = cfg.mlp_hidden
+            self.encoder = nn.Sequential(nn.Linear(shape[0], h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 2 * z))
+            self.decoder = nn.Sequential(nn.Linear(z, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, shape[0]))
+            return
+        c, H, W = shape
+        c1, c2 = cfg.channels, 2 * cfg.channels
+        self.sizes = [(H, W), ((H + 1) // 2, (W + 1) // 2), ((H + 3) // 4, (W + 3) // 4)]
+        h4, w4 = self.sizes[2]
+        self.encoder = nn.Sequential(
+            nn.Conv2d(c, c1, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(c1, c1, 4, stride=2, padding=1) if H % 2 == 0 else nn.Conv2d(c1, c1, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Flatten(), nn.Linear(c2 * h4 * w4, 2 * z),
+        )  # fmt: skip
+        self.fc = nn.Linear(z, c2 * h4 * w4)
+        self.up1 = nn.Sequential(nn.Conv2d(c2, c1, 3, padding=1), nn.SiLU())
+        self.up2 = nn.Sequential(nn.Conv2d(c1, c1, 3, padding=1), nn.SiLU())
+        self.out = nn.Conv2d(c1, c, 3, padding=1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-30, 20)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output: Gaussian mean or Bernoulli logits, shaped like the data."""
+        if len(self.cfg.data_shape) == 1:
+            return self.decoder(z)
+        h = self.fc(z).reshape(z.shape[0], 2 * self.cfg.channels, *self.sizes[2])  # (B, C2, H/4, W/4)
+        h = self.up1(F.interpolate(h, size=self.sizes[1], mode="nearest"))
+        h = self.up2(F.interpolate(h, size=self.sizes[0], mode="nearest"))
+        return self.out(h)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        mu, logvar = self.encode(x)
+        z = mu + (0.5 * logvar).exp() * eps
+        return self.decode(z), mu, logvar
+
+
+def build(cfg: Config) -> VAE:
+    return VAE(cfg)
+
+
+def make_optimizers(model: VAE, cfg: Config) -> dict[str, torch.optim.Optimizer]:
+    return {"model": torch.optim.Adam(model.parameters(), lr=cfg.lr)}
+
+
+def _target(cfg: Config, x: torch.Tensor) -> torch.Tensor:
+    return (x > 0).float() if cfg.decoder == "bernoulli" else x
+
+
+def log_px_given_z(model: VAE, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | z) summed over dimensions (B,), in nats (continuous density for the Gaussian decoder)."""
+    cfg = model.cfg
+    if cfg.decoder == "bernoulli":
+        return -F.binary_cross_entropy_with_logits(out, _target(cfg, x), reduction="none").flatten(1).sum(1)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    log_sigma = model.log_sigma.reshape(shape)
+    nll = 0.5 * ((x - out) / log_sigma.exp()) ** 2 + log_sigma + 0.5 * math.log(2 * math.pi)
+    return -nll.flatten(1).sum(1)
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dimensions (Kingma & Welling 2014, App. B)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+
+
+def train_step(model, batch, opts, ctx) -> dict[str, float]:
+    """One optimizer step on the negative (beta-)ELBO, in nats per image."""
+    x, _ = batch
+    vae = ctx.unwrap(model)
+    cfg = vae.cfg
+    assert list(x.shape[1:]) == list(cfg.data_shape), f"batch {tuple(x.shape)} vs data_shape {cfg.data_shape}"
+    eps = ctx.rng.randn(cfg.latent_dim).to(x.device)
+    out, mu, logvar = model(x, eps)
+    rec = log_px_given_z(vae, out.float(), x)
+    kl = kl_standard_normal(mu.float(), logvar.float())
+    loss = (-rec + cfg.beta * kl).mean()
+    ctx.backward(loss)
+    ctx.optimizer_step(opts["model"], model)
+    return {"loss": loss.item(), "rec": -rec.mean().item(), "kl": kl.mean().item()}
+
+
+def _mean_image(cfg: Config, out: torch.Tensor) -> torch.Tensor:
+    if cfg.decoder == "bernoulli":
+        return torch.sigmoid(out) * 2 - 1
+    return out.clamp(-1, 1) if len(cfg.data_shape) == 3 else out
+
+
+@torch.no_grad()
+def encode(model: VAE, x: torch.Tensor) -> torch.Tensor:
+    """Posterior means mu(x) (B, latent_dim)."""
+    return model.encode(x)[0]
+
+
+@torch.no_grad()
+def decode(model: VAE, z: torch.Tensor) -> torch.Tensor:
+    """Decoder means for latents z, as images in [-1, 1] (or points)."""
+    return _mean_image(model.cfg, model.decode(z))
+
+
+@torch.no_grad()
+def sample(model: VAE, n: int, *, cond=None, generator: torch.Generator | None = None, sampler: str | None = None,
+           batch_size: int = 1024) -> torch.Tensor:
+    """z ~ N(0, I) per image, decoded to the decoder mean (the usual way VAE samples are shown)."""
+    if cond is not None:
+        raise ValueError("the VAE is unconditional; drop --class")
+    if sampler not in (None, *SAMPLERS):
+        raise ValueError(f"unknown sampler '{sampler}' for vae; expected one of: {', '.join(SAMPLERS)}")
+    device = next(model.parameters()).device
+    z = SampleRNG.from_generator(n, generator, device).randn(model.cfg.latent_dim)
+    return torch.cat([decode(model, z[i : i + batch_size]) for i in range(0, n, batch_size)])
+
+
+@torch.no_grad()
+def log_likelihood(model: VAE, x: torch.Tensor, *, k: int | None = None, generator: torch.Generator | None = None,
+                   chunk: int = 16) -> torch.Tensor:
+    """IWAE estimate of log p(x) (B,) in nats (Burda et al. 2016, Eq. 8); a lower bound that tightens with k.
+
+    log p(x) >= E[log (1/k) sum_i p(x, z_i) / q(z_i | x)], z_i ~ q(z | x). For 8-bit images with the Gaussian
+    decoder, D log(2/256) is added (uniform dequantisation; see the module docstring).
+    """
+    cfg = model.cfg
+    k = k or cfg.iwae_k
+    mu, logvar = model.encode(x)
+    std = (0.5 * logvar).exp()
+    rng = SampleRNG.from_generator(x.shape[0], generator, x.device)
+    log_w = []
+    for start in range(0, k, chunk):
+        m = min(chunk, k - start)
+        eps = rng.randn(m, cfg.latent_dim)  # (B, m, Z)
+        z = mu[:, None] + std[:, None] * eps
+        xr = x[:, None].expand(-1, m, *x.shape[1:]).reshape(-1, *x.shape[1:])  # (B*m, ...)
+        rec = log_px_given_z(model, model.decode(z.reshape(-1, cfg.latent_dim)), xr).reshape(-1, m)
+        log_pz = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_qz = (-0.5 * eps.pow(2) - 0.5 * logvar[:, None] - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_w.append(rec + log_pz - log_qz)
+    ll = torch.logsumexp(torch.cat(log_w, 1), dim=1) - math.log(k)
+    if len(cfg.data_shape) == 3 and cfg.decoder == "gaussian":
+        ll = ll + math.prod(cfg.data_shape) * math.log(2 / 256)
+    return ll
+
+
+def report_images(model: VAE, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Reconstructions: a row of originals (binarised for the Bernoulli decoder) over their reconstructions."""
+    x = batch[0][:10].to(next(model.parameters()).device)
+    if x.dim() != 4:
+        return {}
+    recon = decode(model, encode(model, x))
+    orig = _target(model.cfg, x) * 2 - 1 if model.cfg.decoder == "bernoulli" else x
+    return {"reconstructions": torch.stack([orig, recon]).cpu()}  # (2, n, C, H, W)

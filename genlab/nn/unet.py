@@ -1,0 +1,188 @@
+"""The diffusion U-Net (Ho et al. 2020, App. B; Nichol & Dhariwal 2021) and an MLP denoiser for 2-D toys.
+
+Layout: conv in -> per resolution level [ResBlock x num_res_blocks (+ self-attention at chosen resolutions)]
+and a stride-2 downsample between levels -> middle (ResBlock, attention, ResBlock) -> mirrored up path
+concatenating the saved skips -> GroupNorm, SiLU, zero-initialised conv out. Time (and an optional class label)
+enter every ResBlock as a per-channel shift.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.nn.embeddings import timestep_embedding
+
+
+def _groups(channels: int) -> int:
+    for g in (32, 16, 8, 4, 2, 1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the embedding added between the convs and a 1x1 skip when widths differ."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(in_ch), in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(_groups(out_ch), out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions (scaled dot product), with a residual connection."""
+
+    def __init__(self, channels: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads if channels % heads == 0 else 1
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)  # (B, 3, h, c, L)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, h, L, c)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, h, L, c)
+        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.out(h)
+
+
+class UNet(nn.Module):
+    """eps/v-prediction U-Net: (B, C, H, W) noisy images and (B,) times -> (B, C, H, W).
+
+    `attn_resolutions` lists feature-map sizes (e.g. [7] for 28x28 inputs with channel_mult [1, 2, 2]) that get
+    self-attention; `num_classes > 0` adds a class-label embedding (label `num_classes` means "no label").
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        base_channels: int = 64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions=(7,),
+        dropout: float = 0.1,
+        num_classes: int = 0,
+        heads: int = 4,
+    ):
+        super().__init__()
+        emb_dim = 4 * base_channels
+        self.base_channels = base_channels
+        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skips, ch, res = [base_channels], base_channels, image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                out = base_channels * mult
+                block = nn.ModuleList([ResBlock(ch, out, emb_dim, dropout)])
+                if res in attn_resolutions:
+                    block.append(Attention(out, heads))
+                self.down.append(block)
+                ch = out
+                skips.append(ch)
+            if level < len(channel_mult) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                skips.append(ch)
+                res = (res + 1) // 2
+
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch, heads), ResBlock(ch, ch, emb_dim, dropout)])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                out = base_channels * mult
+                block = nn.ModuleList([ResBlock(ch + skips.pop(), out, emb_dim, dropout)])
+                if res in attn_resolutions:
+                    block.append(Attention(out, heads))
+                ch = out
+                if level > 0 and i == num_res_blocks:
+                    block.append(Upsample(ch))
+                    res = res * 2
+                self.up.append(block)
+
+        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.base_channels))  # (B, E)
+        if self.label_emb is not None:
+            if y is None:  # unconditional: the extra "no label" index
+                y = torch.full((x.shape[0],), self.label_emb.num_embeddings - 1, device=x.device)
+            emb = emb + self.label_emb(y)
+        h = self.conv_in(x)
+        hs = [h]
+        for block in self.down:
+            for layer in block:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            hs.append(h)
+        for layer in self.mid:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        for block in self.up:
+            skip = hs.pop()
+            for layer in block:
+                if isinstance(layer, ResBlock):
+                    h = layer(torch.cat([h, skip], dim=1), emb)
+                elif isinstance(layer, Upsample):
+                    h = layer(h, hs[-1].shape[-2:])
+                else:
+                    h = layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour resize to the matching skip's size (handles odd sizes such as 7 -> 14 -> 28), then conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+        return self.conv(F.interpolate(x, size=tuple(size), mode="nearest"))
+
+
+class MLPDenoiser(nn.Module):
+    """Denoiser for low-dimensional points: (B, D) and (B,) times -> (B, D); time enters every hidden layer."""
+
+    def __init__(self, dim: int = 2, hidden: int = 256, layers: int = 3, num_classes: int = 0):
+        super().__init__()
+        self.hidden = hidden
+        self.time_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.label_emb = nn.Embedding(num_classes + 1, hidden) if num_classes > 0 else None
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(layers)])
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.hidden))
+        if self.label_emb is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.label_emb.num_embeddings - 1, device=x.device)
+            emb = emb + self.label_emb(y)
+        h = self.inp(x)
+        for lin in self.blocks:
+            h = h + lin(F.silu(h + emb))
+        return self.out(F.silu(h))

@@ -1,0 +1,1 @@
+"""The training loop, EMA, checkpoints and loading trained runs."""

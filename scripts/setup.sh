@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian/Ubuntu machine with Python >= 3.10:
+# a virtualenv in .venv, the CPU build of torch pinned first (so pip never pulls CUDA wheels),
+# genlab itself (editable, with test extras), and Fashion-MNIST from Debian's packages when apt is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "[setup] installing torch==2.13.0 (CPU build)"
+  $PIP install torch==2.13.0
+fi
+if ! .venv/bin/python -c "import genlab, pytest, accelerate, safetensors, sklearn, matplotlib" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.genlab-installed ]; then
+  echo "[setup] installing genlab and its dependencies"
+  $PIP install -c scripts/constraints.txt -e ".[test]"
+  touch .venv/.genlab-installed
+fi
+
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
+  echo "[setup] installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"
+  ($SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+    || echo "[setup] could not install dataset-fashion-mnist; see README (Data) for other ways to provide it"
+fi

@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Tiny networks so each training test runs in seconds on a 2-core CPU.
+TINY_DDPM = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
+             "model.attn_resolutions=[4]", "model.sample_steps=4", "model.mlp_hidden=32", "model.mlp_layers=1"]
+TINY_VAE = ["model.channels=8", "model.latent_dim=4", "model.mlp_hidden=32", "model.iwae_k=4"]
+FAST_TRAIN = ["train.batch_size=8", "train.log_every=1", "train.n_samples=8", "train.trackers=none"]
+
+
+@pytest.fixture
+def tiny_overrides():
+    return {"ddpm": TINY_DDPM, "vae": TINY_VAE}
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; give every test a clean one."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
