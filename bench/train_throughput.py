@@ -13,7 +13,10 @@ sized; the data are random because only speed matters). Both models run the *sam
 Each model is warmed up, then ``--steps`` steps are timed per repeat; repeats are interleaved
 (genlab, diffusers, genlab, diffusers, ...) in one process so background load hits both alike, and the median
 images/s over ``--repeats`` is reported, with the ratio genlab / diffusers (project target: >= 1.2).
-``torch.set_num_threads`` is left at its default.
+``torch.set_num_threads`` is left at its default. On a small shared machine another process grabbing a core slows
+a 2-thread torch step several-fold, so each repeat also records its CPU utilisation (own CPU time / (wall time x
+threads)); a (genlab, diffusers) pair in which either falls below ``--min-cpu-util`` is discarded and redone, up to
+``--max-retries`` times, and the discarded pairs are kept in the JSON.
 
 The two models are configured identically and have *exactly* the same parameter count: diffusers with
 ``block_out_channels = base * channel_mult``, ``layers_per_block = num_res_blocks``, ``DownBlock2D`` everywhere
@@ -267,6 +270,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channel-mult", type=str, default="1,2,2", help="comma-separated, e.g. 1,2,2")
     p.add_argument("--num-res-blocks", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument(
+        "--min-cpu-util",
+        type=float,
+        default=0.85,
+        help="redo a (genlab, diffusers) pair when either ran below this CPU utilisation (0 disables)",
+    )
+    p.add_argument("--max-retries", type=int, default=6, help="at most this many redone pairs in all")
     p.add_argument("--target-ratio", type=float, default=1.2)
     p.add_argument(
         "--profile-steps", type=int, default=0, help="if > 0, also profile this many steps per model"
@@ -366,20 +376,33 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     times: dict[str, list[float]] = {r.name: [] for r in runners}
     cpu_util: dict[str, list[float]] = {r.name: [] for r in runners}
-    for rep in range(args.repeats):
+    discarded: list[dict] = []
+    attempt = 0
+    while len(times["genlab"]) < args.repeats:
+        attempt += 1
+        rep = len(times["genlab"]) + 1
+        pair: dict[str, tuple[float, float]] = {}
         for r in runners:  # interleaved: genlab, diffusers, genlab, diffusers, ...
             secs, cpu_secs = r.timed(args.steps)
             if not math.isfinite(r.last_loss):
                 raise RuntimeError(f"{r.name}: non-finite loss {r.last_loss}")
-            times[r.name].append(secs)
-            cpu_util[r.name].append(cpu_secs / (secs * threads))
-            ips = args.batch_size * args.steps / secs
+            pair[r.name] = (secs, cpu_secs / (secs * threads))
             print(
-                f"repeat {rep + 1}/{args.repeats} {r.name:9s}: {ips:7.1f} images/s  "
-                f"({1000 * secs / args.steps:.0f} ms/step, cpu util {cpu_util[r.name][-1]:.2f}, "
+                f"repeat {rep}/{args.repeats} {r.name:9s}: {args.batch_size * args.steps / secs:7.1f} images/s  "
+                f"({1000 * secs / args.steps:.0f} ms/step, cpu util {pair[r.name][1]:.2f}, "
                 f"loss {r.last_loss:.4f})",
                 flush=True,
             )
+        contended = min(u for _, u in pair.values()) < args.min_cpu_util
+        if contended and attempt - rep < args.max_retries:
+            print(
+                f"  cpu util below {args.min_cpu_util}: another process competed; discarding and redoing this pair"
+            )
+            discarded.append({name: {"seconds": s, "cpu_util": u} for name, (s, u) in pair.items()})
+            continue
+        for name, (secs, util) in pair.items():
+            times[name].append(secs)
+            cpu_util[name].append(util)
 
     models = {}
     for name, kwargs, n in (("genlab", g_kwargs, g_params), ("diffusers", d_kwargs, d_params)):
@@ -411,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": f"{DATA_POOL_BATCHES} pre-made batches of U[-1,1] noise shared by both models",
         },
         "models": models,
+        "discarded_contended_pairs": discarded,
         "param_ratio_genlab_over_diffusers": param_ratio,
         "ratio_genlab_over_diffusers": ratio,
         "target_ratio": args.target_ratio,

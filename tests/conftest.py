@@ -21,7 +21,21 @@ def tiny_overrides():
 def fresh_accelerate_state():
     """Accelerate keeps process-wide singletons; give every test a clean one."""
     yield
+    reset_accelerate()
+
+
+def reset_accelerate():
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+def run_cli(*args) -> int:
+    """`genlab ...` in this process (fast), with Accelerate's singletons reset afterwards."""
+    from genlab.cli import main
+
+    try:
+        return main([str(a) for a in args])
+    finally:
+        reset_accelerate()

@@ -51,5 +51,5 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None) -
 
 def load_png(path: str | Path) -> torch.Tensor:
     """A PNG as uint8 (C, H, W)."""
-    a = np.asarray(Image.open(path))
+    a = np.array(Image.open(path))
     return torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())

@@ -218,7 +218,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
             positions = step * global_batch + m * micro * world + rank * micro + torch.arange(micro)
             x, y = data.get(batches.indices(positions))
             batch = (x.to(accelerator.device), y.to(accelerator.device) if y is not None else None)
-            ctx = StepContext(accelerator, SampleRNG.for_indices((tc.seed, "train", step, m), positions.tolist(), accelerator.device),
+            ctx = StepContext(accelerator, SampleRNG.for_indices((tc.seed, "train", step), positions.tolist(), accelerator.device),
                               step, tc.grad_clip)
             torch.manual_seed(derive_seed(tc.seed, "torch", step, m, rank))  # dropout etc.
             modules = list(model.values()) if isinstance(model, nn.ModuleDict) else [model]

@@ -1,0 +1,117 @@
+"""The training loop: exact resume, NaN handling, multi-process equality."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import FAST_TRAIN, TINY_DDPM, TINY_VAE, run_cli
+from genlab.training.checkpoint import latest_checkpoint
+
+
+def losses(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_tensors(run):
+    c = latest_checkpoint(run / "checkpoints")
+    return c.step, c.tensors
+
+
+@pytest.mark.parametrize("family,data,tiny", [("ddpm", "digits", TINY_DDPM), ("vae", "ring8", TINY_VAE)])
+def test_resume_continues_exactly(tmp_path, family, data, tiny):
+    common = [family, "--data", data, *tiny, *FAST_TRAIN, "train.ckpt_every=3", "train.warmup_steps=2",
+              "train.ema_decay=0.9", "model.dropout=0.1" if family == "ddpm" else "model.beta=0.5"]
+    assert run_cli("train", *common, "--out", tmp_path / "full", "train.steps=6") == 0
+    # interrupted after step 3 (its last checkpoint), then resumed to the same end
+    assert run_cli("train", *common, "--out", tmp_path / "part", "train.steps=3") == 0
+    assert run_cli("train", *common, "--out", tmp_path / "part", "train.steps=6", "--resume") == 0
+    full, part = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert [r["step"] for r in part] == list(range(1, 7))
+    for a, b in zip(full, part):
+        assert a["loss"] == b["loss"], (a, b)  # bit-identical on CPU
+    sa, ta = final_tensors(tmp_path / "full")
+    sb, tb = final_tensors(tmp_path / "part")
+    assert sa == sb == 6
+    for k in ta:
+        if not k.startswith("rng/"):
+            assert torch.equal(ta[k], tb[k]), k
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
+    common = ["ddpm", "--data", "ring8", *TINY_DDPM, *FAST_TRAIN, "--out", tmp_path / "r"]
+    assert run_cli("train", *common, "train.steps=4", "train.ckpt_every=2") == 0
+    # pretend the run died after logging step 4 but before its checkpoint
+    (tmp_path / "r" / "checkpoints" / "step-0000004.json").unlink()
+    assert run_cli("train", *common, "train.steps=4", "train.ckpt_every=2", "--resume") == 0
+    assert [r["step"] for r in losses(tmp_path / "r")] == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    from genlab.models import ddpm
+
+    original = ddpm.train_step
+
+    def poisoned(model, batch, opts, ctx):
+        if ctx.step == 4:  # the 5th step sees a NaN pixel
+            batch = (batch[0] * float("nan"), batch[1])
+        return original(model, batch, opts, ctx)
+
+    monkeypatch.setattr(ddpm, "train_step", poisoned)
+    out = tmp_path / "nan"
+    code = run_cli("train", "ddpm", "--data", "ring8", *TINY_DDPM, *FAST_TRAIN, "train.steps=8", "train.ckpt_every=2",
+                   "--out", out)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "loss=nan at step 5" in err and "step-0000004" in err
+    assert latest_checkpoint(out / "checkpoints").step == 4
+    assert json.loads((out / "run.json").read_text())["status"] == "diverged"
+
+
+def test_existing_run_needs_resume(tmp_path, capsys):
+    args = ["train", "vae", "--data", "ring8", *TINY_VAE, *FAST_TRAIN, "train.steps=1", "--out", tmp_path / "r"]
+    assert run_cli(*args) == 0
+    assert run_cli(*args) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
+    assert run_cli("train", "vae", "--data", "ring8", *TINY_VAE, "--out", tmp_path / "none", "--resume") == 1
+    assert "no valid checkpoint" in capsys.readouterr().err
+
+
+def test_grad_accumulation_matches_a_bigger_batch(tmp_path):
+    """2 micro-batches of 8 == one batch of 16 (the same samples and noise, averaged gradients)."""
+    common = ["ddpm", "--data", "ring8", *TINY_DDPM, *FAST_TRAIN, "train.steps=3", "train.ema_decay=0"]
+    assert run_cli("train", *common, "--out", tmp_path / "a", "train.batch_size=16") == 0
+    assert run_cli("train", *common, "--out", tmp_path / "b", "train.batch_size=8", "train.grad_accum=2") == 0
+    _, ta = final_tensors(tmp_path / "a")
+    _, tb = final_tensors(tmp_path / "b")
+    for k in ta:
+        if k.startswith("model/"):
+            assert torch.allclose(ta[k], tb[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("family,tiny", [("ddpm", TINY_DDPM), ("vae", TINY_VAE)])
+def test_two_processes_match_one_process(tmp_path, family, tiny):
+    """torchrun 2 x batch b (gloo on CPU) == 1 process x batch 2b, to 1e-5."""
+    common = [family, "--data", "ring8", *tiny, *FAST_TRAIN, "train.steps=3", "train.ema_decay=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "genlab", "train", *common, "train.batch_size=4", "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_cli("train", *common, "train.batch_size=8", "--out", tmp_path / "one") == 0
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-5
+    _, t1 = final_tensors(tmp_path / "one")
+    _, t2 = final_tensors(tmp_path / "two")
+    for k in t1:
+        if k.startswith(("model/", "optim/")):
+            assert torch.allclose(t1[k], t2[k], atol=1e-5), k
