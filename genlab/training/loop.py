@@ -172,7 +172,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
     base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in opts.items()}
 
     ckpt_dir = out / "checkpoints"
-    if not resume and accelerator.is_main_process and (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
+    if not resume and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or --out to start a new one")
     # ---------------------------------------------------------------- resume
     start_step, ckpt = 0, None
@@ -227,6 +227,9 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
             for k, v in out_logs.items():
                 logs[k] = logs.get(k, 0.0) + v / tc.grad_accum
         bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
+        if world > 1:  # every process must stop together, or the others hang in the next all-reduce
+            n_bad = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item()
+            bad = bad or ({"loss on another process": float("nan")} if n_bad else {})
         if bad:
             last = latest_checkpoint(ckpt_dir)
             where = f"the last good checkpoint is {last.path.with_suffix('')}" if last else "no checkpoint was written yet"
