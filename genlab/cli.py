@@ -106,6 +106,97 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _load_images(path: Path):
+    """uint8 (N, C, H, W) from a folder of PNGs or an .npz file (array 'images', or its only array)."""
+    import numpy as np
+    import torch
+
+    from genlab.data.png import load_png
+
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.png"))
+        if not files:
+            raise GenlabError(f"no PNG files under {path}")
+        return torch.stack([load_png(f) for f in files])
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                key = "images" if "images" in z.files else (z.files[0] if len(z.files) == 1 else None)
+                if key is None:
+                    raise GenlabError(f"{path} holds several arrays ({', '.join(z.files)}); name the images 'images'")
+                a = z[key]
+        except (OSError, ValueError) as e:
+            raise GenlabError(f"cannot read {path}: {e}") from None
+        if a.ndim == 3:
+            a = a[:, None]
+        if a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
+            a = a.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+        return torch.from_numpy(np.ascontiguousarray(a))
+    raise GenlabError(f"cannot evaluate {path}: expected a run directory, a folder of PNGs or an .npz file")
+
+
+def _print_table(rows: list[tuple[str, dict]]) -> None:
+    keys = [k for k in ("fid", "kid", "is", "precision", "recall", "density", "coverage", "cond_acc", "classes_covered",
+                        "class_reverse_kl") if any(k in r for _, r in rows)]
+    width = max(len(name) for name, _ in rows)
+    print(f"{'':{width}}  " + "  ".join(f"{k:>10}" for k in keys))
+    for name, r in rows:
+        cells = []
+        for k in keys:
+            v = r.get(k)
+            cells.append(f"{'-':>10}" if v is None else f"{v:>10.4g}" if isinstance(v, float) else f"{v:>10}")
+        print(f"{name:{width}}  " + "  ".join(cells))
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from genlab.metrics.protocols import evaluate, floor, get_protocol, parse_metrics, protocol_for_dataset
+
+    target = Path(args.target)
+    run = None
+    try:
+        names = parse_metrics(args.metrics)
+        if (target / "checkpoints").is_dir():
+            from genlab.training.loop import evaluate_model
+            from genlab.training.run import load_run
+
+            run = load_run(target)
+            pname = args.protocol or run.config.eval.protocol or protocol_for_dataset(run.config.data.name)
+            result = evaluate_model(run.family, run.model, run.config, protocol=pname, n=args.n or get_protocol(pname).n,
+                                    metrics=",".join(names), steps=args.steps or 0, seed=args.seed)
+            label = f"{run.family_name} @ step {run.step}"
+        elif args.target == "data":
+            pname, result, label = args.protocol or "fmnist", None, None
+        else:
+            pname = args.protocol or "fmnist"
+            images = _load_images(target)
+            p = get_protocol(pname)
+            images = images[: args.n] if args.n else images
+            result = evaluate(images, None, protocol=p, metrics=[m for m in names if m != "acc"], seed=args.seed)
+            label = target.name
+        base = floor(pname, metrics=names, seed=args.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    p = get_protocol(pname)
+    rows = [(f"data vs data ({p.floor_split} vs {p.split})", base)] + ([(label, result)] if result else [])
+    print(f"protocol {p.name}: {p.n} vs {p.dataset}/{p.split} through {p.extractor} "
+          f"(sha256 {base['protocol']['extractor_sha256'][:12]}), KID {p.kid_subsets}x{p.kid_subset_size}, "
+          f"P&R k={p.pr_k}, D&C k={p.dc_k}")
+    _print_table(rows)
+    payload = {"floor": base, **({"result": result, "target": str(target)} if result else {})}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=1))
+        print(f"wrote {args.json}")
+    if run is not None and result:
+        record = {"step": run.step, **{k: v for k, v in result.items() if k != "protocol"}, "protocol": p.name,
+                  "n": result["protocol"]["n_fake"]}
+        with open(target / "eval.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return 0
+
+
 def cmd_list(args) -> int:
     from genlab.data import DATASETS
     from genlab.models import FAMILIES
@@ -155,6 +246,16 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--out", help="FILE.png for a grid, or a DIR for one PNG per sample")
     s.set_defaults(fn=cmd_sample)
+
+    e = sub.add_parser("eval", help="evaluate a run, a folder of PNGs or an .npz of images under a protocol")
+    e.add_argument("target", help="run directory, folder of PNGs, FILE.npz, or 'data' for the data-vs-data floor only")
+    e.add_argument("--protocol", help="fmnist | digits | mnist (default: the run's dataset; fmnist otherwise)")
+    e.add_argument("--metrics", default="fid,kid,is,pr,dc,acc", help="comma list of fid,kid,is,pr,dc,acc,modes")
+    e.add_argument("--n", type=int, help="number of generated samples (default: the protocol's)")
+    e.add_argument("--steps", type=int, help="sampler steps when sampling a run")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", help="write all values and the protocol record to this file")
+    e.set_defaults(fn=cmd_eval)
 
     sub.add_parser("list", help="families, datasets, samplers and presets").set_defaults(fn=cmd_list)
 

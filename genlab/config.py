@@ -47,10 +47,20 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations during training, and one at the end (0: never)
+    protocol: str = ""  # fmnist | digits | mnist; empty: the training dataset's protocol
+    n: int = 0  # generated samples per evaluation (0: the protocol's n; fewer is faster but noisier)
+    metrics: str = "fid,kid,pr,dc"  # comma list of: fid, kid, is, pr, dc, acc, modes
+    sample_steps: int = 0  # sampler steps for evaluation samples (0: the family's default)
+
+
+@dataclass
 class RunConfig:
     family: str = "ddpm"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     model: typing.Any = None  # the family's Config dataclass
 
 
@@ -184,7 +194,7 @@ def load_yaml(path: str | Path) -> dict:
 def build_run_config(family_name: str, model_config_cls, raw: dict | None = None) -> RunConfig:
     """A RunConfig from a raw dict (e.g. a YAML file's contents) for one family's Config class."""
     raw = dict(raw or {})
-    allowed = {"family", "data", "train", "model"}
+    allowed = {"family", "data", "train", "eval", "model"}
     for k in raw:
         if k not in allowed:
             raise UsageError(f"unknown config key '{k}'; valid top-level keys: {', '.join(sorted(allowed))}")
@@ -196,6 +206,7 @@ def build_run_config(family_name: str, model_config_cls, raw: dict | None = None
         family=family_name,
         data=from_dict(DataConfig, raw.get("data"), "data."),
         train=from_dict(TrainConfig, raw.get("train"), "train."),
+        eval=from_dict(EvalConfig, raw.get("eval"), "eval."),
         model=from_dict(model_config_cls, raw.get("model"), "model."),
     )
 

@@ -139,6 +139,44 @@ def save_samples(family, model, cfg: RunConfig, path: Path) -> None:
         save_file({"points": x.float().cpu().contiguous()}, str(path.with_suffix(".safetensors")))
 
 
+def sample_for_eval(family, model, n: int, *, seed: int = 0, num_classes: int = 0, steps: int | None = None,
+                    chunk: int = 500, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n samples as uint8 (plus their requested labels, balanced over classes, for conditional models).
+
+    Drawn in fixed chunks of `chunk` images seeded by (seed, chunk index), with a progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    labels = torch.arange(n) % num_classes if num_classes else None
+    opts = sample_options(family, steps=steps or None)
+    out = []
+    for i, start in enumerate(tqdm(range(0, n, chunk), desc="sampling", disable=not progress or n <= chunk)):
+        m = min(chunk, n - start)
+        g = torch.Generator().manual_seed(derive_seed(seed, "eval", i))
+        cond = labels[start : start + m] if labels is not None else None
+        out.append(to_uint8(family.sample(model, m, cond=cond, generator=g, **opts).cpu()))
+    return torch.cat(out), labels
+
+
+def evaluate_model(family, model, cfg: RunConfig, *, protocol: str = "", n: int = 0, metrics: str = "",
+                   steps: int = 0, seed: int = 0) -> dict:
+    """Sample from `model` and evaluate it under a protocol (defaults from cfg.eval / the dataset)."""
+    from genlab.metrics.protocols import evaluate, get_protocol, parse_metrics, protocol_for_dataset
+
+    try:
+        p = get_protocol(protocol or cfg.eval.protocol or protocol_for_dataset(cfg.data.name))
+        names = parse_metrics(metrics or cfg.eval.metrics)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    n = n or cfg.eval.n or p.n
+    conditional = bool(getattr(cfg.model, "class_cond", False))
+    images, labels = sample_for_eval(family, model, n, seed=seed, num_classes=cfg.model.num_classes if conditional else 0,
+                                     steps=steps or cfg.eval.sample_steps or None)
+    if not conditional:
+        names = tuple(m for m in names if m != "acc")
+    return evaluate(images, None, protocol=p, metrics=names, labels=labels)
+
+
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
     """Train `cfg.family` on `cfg.data`; writes the run directory and returns its path."""
     from accelerate import Accelerator
@@ -197,6 +235,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_yaml(cfg))
         _truncate_metrics(out / "metrics.jsonl", start_step)
+        _truncate_metrics(out / "eval.jsonl", start_step)
         _write_status(out, "running", start_step, cfg)
     if accelerator.log_with:
         accelerator.init_trackers("tb", config=_flat_scalars(to_dict(cfg)))
@@ -267,6 +306,17 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
                                 model=raw, ema=ema.model if ema else None,
                                 optimizers={k: o.optimizer if hasattr(o, "optimizer") else o for k, o in opts.items()},
                                 extra={"seed": tc.seed, "world_size": world}, keep=tc.keep_checkpoints)
+            accelerator.wait_for_everyone()
+        # ---------------------------------------------------------------- evaluate
+        if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == tc.steps):
+            if accelerator.is_main_process:
+                result = evaluate_model(family, sample_model, cfg, seed=tc.seed)
+                record = {"step": step + 1, **{k: v for k, v in result.items() if k != "protocol"},
+                          "protocol": result["protocol"]["name"], "n": result["protocol"]["n_fake"]}
+                with open(out / "eval.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if accelerator.log_with:
+                    accelerator.log({f"eval/{k}": v for k, v in record.items() if isinstance(v, float)}, step=step + 1)
             accelerator.wait_for_everyone()
     pbar.close()
     elapsed = time.time() - t0
