@@ -11,8 +11,9 @@ already on disk (through the optional `transformers` package; nothing is downloa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +76,10 @@ class Evaluator(nn.Module):
         super().__init__()
         if len(widths) != len(convs):
             raise ValueError(f"widths {list(widths)} and convs {list(convs)} must have one entry per stage")
-        self.arch = dict(
-            in_channels=in_channels, image_size=image_size, num_classes=num_classes, widths=list(widths),
-            convs=list(convs), feature_dim=feature_dim, dropout=dropout,
-        )  # fmt: skip
+        self.arch = {  # the JSON record's "arch": Evaluator(**arch) rebuilds this network
+            "in_channels": in_channels, "image_size": image_size, "num_classes": num_classes, "widths": list(widths),
+            "convs": list(convs), "feature_dim": feature_dim, "dropout": dropout,
+        }  # fmt: skip
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         self.stages = nn.ModuleList()
         c_in = in_channels
@@ -169,12 +170,35 @@ def weights_paths(name: str, weights_dir: str | Path | None = None) -> tuple[Pat
     return d / f"{name}.safetensors", d / f"{name}.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_state_dict(path: str | Path, what: str, hint: str = "") -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` file or a torch zip `.pth` state dict, read without running any code.
+
+    For third-party weights (FID Inception, LPIPS) distributed as `.pth`. A GenlabError names the file, the
+    problem and `hint` (where to get the right file).
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            # The only torch.load in genlab. weights_only=True selects torch's restricted unpickler: it rebuilds
+            # tensors and plain containers and refuses every other global, so a crafted file cannot run code.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise GenlabError(f"cannot read the {what} file {path}: {type(e).__name__}: {first_line}. {hint}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise GenlabError(f"the {what} file {path} is not a state dict (a mapping of names to tensors). {hint}")
+    return state
 
 
 def _require(name: str, weights_dir) -> tuple[Path, Path]:
@@ -192,7 +216,7 @@ def _require(name: str, weights_dir) -> tuple[Path, Path]:
 def weights_hash(name: str, weights_dir: str | Path | None = None) -> str:
     """SHA-256 of the evaluator's weights file: the key of cached reference statistics."""
     tensors, _ = _require(name, weights_dir)
-    return _sha256(tensors)
+    return sha256_file(tensors)
 
 
 def read_record(name: str, weights_dir: str | Path | None = None) -> dict:
@@ -212,7 +236,7 @@ def load_evaluator(name: str, *, weights_dir: str | Path | None = None, device: 
     """The trained evaluator `name` in eval mode; checks the weights file against the SHA-256 in its record."""
     tensors_path, _ = _require(name, weights_dir)
     meta = read_record(name, weights_dir)
-    digest = _sha256(tensors_path)
+    digest = sha256_file(tensors_path)
     if digest != meta.get("sha256"):
         raise GenlabError(
             f"{tensors_path} does not match its record (SHA-256 {digest[:12]}... != {str(meta.get('sha256'))[:12]}...): "
@@ -248,7 +272,7 @@ def save_evaluator(model: Evaluator, name: str, info: dict, weights_dir: str | P
     os.chmod(tmp, 0o644)
     os.replace(tmp, tensors_path)
     meta = {"format": FORMAT, "name": name, "dataset": spec.dataset, "arch": model.arch, **info}
-    meta["sha256"] = _sha256(tensors_path)
+    meta["sha256"] = sha256_file(tensors_path)
     tmp = record_path.with_name(f".{record_path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
     os.replace(tmp, record_path)

@@ -20,7 +20,6 @@ with the same keys, and checks every key and shape.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import nn
 
 from genlab.data import to_float
 from genlab.errors import GenlabError
+from genlab.metrics.evaluators import read_state_dict, sha256_file
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_NAME
@@ -100,7 +100,7 @@ class Mixed17(nn.Module):
 
     def __init__(self, c_in: int, c7: int):
         super().__init__()
-        row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
+        row, col = {"kernel": (1, 7), "padding": (0, 3)}, {"kernel": (7, 1), "padding": (3, 0)}
         self.branch1x1 = ConvBN(c_in, 192, 1)
         self.branch7x7_1 = ConvBN(c_in, c7, 1)
         self.branch7x7_2 = ConvBN(c7, c7, **row)
@@ -147,7 +147,7 @@ class Mixed8(nn.Module):
     def __init__(self, c_in: int, pool: str):
         super().__init__()
         self.pool = pool
-        row, col = dict(kernel=(1, 3), padding=(0, 1)), dict(kernel=(3, 1), padding=(1, 0))
+        row, col = {"kernel": (1, 3), "padding": (0, 1)}, {"kernel": (3, 1), "padding": (1, 0)}
         self.branch1x1 = ConvBN(c_in, 320, 1)
         self.branch3x3_1 = ConvBN(c_in, 384, 1)
         self.branch3x3_2a = ConvBN(384, 384, **row)
@@ -267,37 +267,6 @@ def _where_to_get(what: str) -> str:
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file or a torch zip `.pth` state dict, read without running code."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            # The one torch.load in genlab. weights_only=True selects torch's restricted unpickler, which only
-            # rebuilds tensors and plain containers and refuses any other global, so a crafted file cannot run
-            # code. The standard FID weights are a plain state dict and load under it.
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt zip, refused global, truncated safetensors header, ...
-        raise GenlabError(
-            f"cannot read Inception weights {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-            f"{_where_to_get('The file is not a valid state dict.')}"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise GenlabError(f"{path} is not a state dict (a mapping of names to tensors); {_where_to_get('')}")
-    return state
-
-
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `state` into `model` after checking every key and shape; a GenlabError lists all differences.
 
@@ -341,7 +310,7 @@ def load_fid_inception(
     path = Path(path).expanduser()
     if not path.is_file():
         raise GenlabError(_where_to_get(f"FID Inception weights not found at {path} (from {origin})."))
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if path.suffix != ".safetensors" and not digest.startswith(WEIGHTS_SHA256_PREFIX):
         warnings.warn(
             f"{path}: SHA-256 {digest[:12]}... differs from the standard {WEIGHTS_NAME} (prefix "
@@ -349,6 +318,7 @@ def load_fid_inception(
             stacklevel=2,
         )
     model = FIDInceptionV3(logits_bias=logits_bias)
-    load_state_dict_strict(model, read_state_dict(path), str(path))
+    state = read_state_dict(path, "FID Inception weights", _where_to_get("Use the standard weights file."))
+    load_state_dict_strict(model, state, str(path))
     model.weights_sha256 = digest
     return model.to(device).eval().requires_grad_(False)

@@ -23,11 +23,11 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genlab.data import to_float
 from genlab.errors import GenlabError, unknown
+from genlab.metrics.evaluators import read_state_dict
 
 RANGE_TOLERANCE = 1e-3  # how far beyond [-1, 1] an input may stray (float round-off) before it is an error
 
@@ -42,10 +42,10 @@ _ALEX = [("conv", 3, 64, 11, 4, 2), ("relu",), ("pool3",), ("conv", 64, 192, 5, 
          ("conv", 192, 384, 3, 1, 1), ("relu",), ("conv", 384, 256, 3, 1, 1), ("relu",),
          ("conv", 256, 256, 3, 1, 1), ("relu",)]  # fmt: skip
 BACKBONES = {
-    "vgg": dict(layers=_VGG16, taps=[3, 8, 15, 22, 29], channels=[64, 128, 256, 512, 512], min_size=16,
-                backbone_file="vgg16-397923af.pth", linear_file="vgg.pth"),
-    "alex": dict(layers=_ALEX, taps=[1, 4, 7, 9, 11], channels=[64, 192, 384, 256, 256], min_size=31,
-                 backbone_file="alexnet-owt-7be5be79.pth", linear_file="alex.pth"),
+    "vgg": {"layers": _VGG16, "taps": [3, 8, 15, 22, 29], "channels": [64, 128, 256, 512, 512], "min_size": 16,
+            "backbone_file": "vgg16-397923af.pth", "linear_file": "vgg.pth"},
+    "alex": {"layers": _ALEX, "taps": [1, 4, 7, 9, 11], "channels": [64, 192, 384, 256, 256], "min_size": 31,
+             "backbone_file": "alexnet-owt-7be5be79.pth", "linear_file": "alex.pth"},
 }  # fmt: skip
 
 # LPIPS v0.1 maps [-1, 1] inputs to the ImageNet statistics the backbones were trained on: (x - shift) / scale.
@@ -177,24 +177,6 @@ class DomainLPIPS(nn.Module):
 # Loading
 
 
-def _read(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """A state dict from `.safetensors`, or from a torch `.pth` through the restricted (weights-only) unpickler."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            # weights_only=True: torch's restricted unpickler rebuilds only tensors and plain containers and
-            # refuses any other global, so reading a crafted file cannot run code.
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise GenlabError(f"cannot read the {what} file {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise GenlabError(f"the {what} file {path} is not a state dict (a mapping of names to tensors)")
-    return state
-
-
 def _match(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], ignore_prefix: str, what: str, path):
     """Every expected key present with the right shape; unexpected keys (except `ignore_prefix`) are errors."""
     missing = sorted(set(expected) - set(state))
@@ -213,7 +195,7 @@ def _lpips_package_weights(net: str) -> Path | None:
     spec = importlib.util.find_spec("lpips")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "v0.1" / f"{net}.pth"
+    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / "v0.1" / f"{net}.pth"
     return path if path.is_file() else None
 
 
@@ -239,19 +221,19 @@ def load_lpips(net: str = "vgg", *, backbone_path=None, linear_path=None, device
     linear_path = Path(linear_path).expanduser() if linear_path else default_linear
     spec = BACKBONES[net]
     for path, what, origin in (
-        (backbone_path, "backbone", f"torchvision's ImageNet {net} weights ({spec['backbone_file']}, from "
-                                    "download.pytorch.org/models/); set $GENLAB_LPIPS_BACKBONE or backbone_path"),
-        (linear_path, "linear", f"the LPIPS v0.1 linear weights ({spec['linear_file']}, in the `lpips` package's "
-                                "weights/v0.1/ folder, github.com/richzhang/PerceptualSimilarity); put it in "
-                                "~/.cache/genlab/lpips/v0.1/ or set $GENLAB_LPIPS_LINEAR or linear_path"),
+        (backbone_path, "backbone", (f"torchvision's ImageNet {net} weights ({spec['backbone_file']}, from "
+                                     "download.pytorch.org/models/); set $GENLAB_LPIPS_BACKBONE or backbone_path")),
+        (linear_path, "linear", (f"the LPIPS v0.1 linear weights ({spec['linear_file']}, in the `lpips` package's "
+                                 "weights/v0.1/ folder, github.com/richzhang/PerceptualSimilarity); put it in "
+                                 "~/.cache/genlab/lpips/v0.1/ or set $GENLAB_LPIPS_LINEAR or linear_path")),
     ):  # fmt: skip
         if not path.is_file():
             raise GenlabError(f"LPIPS {what} weights not found at {path}. To fix: provide {origin}")
     model = LPIPS(net)
-    backbone = _read(backbone_path, "LPIPS backbone")
+    backbone = read_state_dict(backbone_path, "LPIPS backbone")
     expected = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
     _match(expected, backbone, "classifier.", "LPIPS backbone", backbone_path)  # a full torchvision file also has the classifier
-    linear = _read(linear_path, "LPIPS linear")
+    linear = read_state_dict(linear_path, "LPIPS linear")
     expected_lin = {f"lin{i}.model.1.weight": lin["model"][1].weight for i, lin in enumerate(model.lins)}
     _match(expected_lin, linear, "", "LPIPS linear", linear_path)
     if any((v < 0).any() for v in linear.values()):

@@ -22,7 +22,7 @@ not depend on the batch size.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
