@@ -22,15 +22,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from genlab.data import load_dataset, to_float  # noqa: E402
-from genlab.metrics.evaluators import EVALUATORS, Evaluator, save_evaluator  # noqa: E402
+from genlab.data import load_dataset, to_float
+from genlab.metrics.evaluators import EVALUATORS, Evaluator, save_evaluator
 
-DEFAULT_EPOCHS = {"fmnist-net": 10, "mnist-net": 6, "digits-net": 60}
+DEFAULT_EPOCHS = {"fmnist-net": 14, "mnist-net": 6, "digits-net": 60}
 
 
 def augment(x: torch.Tensor, *, pad: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random shift by up to `pad` px (zero-pad, random crop) and optional horizontal flip; uint8 (B, C, H, W)."""
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p); 0 is the background of these datasets
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
@@ -89,16 +89,19 @@ def train(name: str, *, epochs: int, seed: int, batch_size: int, lr: float, weig
     test_acc = accuracy(model, test_set.x, test_set.y)
     train_acc = accuracy(model, train_set.x[:10000], train_set.y[:10000])
     log(f"{name}: test accuracy {test_acc:.4f} (train, first 10k: {train_acc:.4f})")
+    training = {
+        "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "optimizer": "AdamW + OneCycleLR", "label_smoothing": 0.1,
+        "augment": f"shift<={spec.shift}px" + (", hflip" if spec.hflip else ""),
+        "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+    }  # fmt: skip
     info = {
         "test_accuracy": round(test_acc, 5),
         "train_accuracy_first10k": round(train_acc, 5),
         "n_train": len(train_set),
         "n_test": len(test_set),
         "classes": train_set.classes,
-        "training": {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                     "optimizer": "AdamW + OneCycleLR", "label_smoothing": 0.1, "augment": f"shift<={spec.shift}px"
-                     + (", hflip" if spec.hflip else ""), "seconds": round(time.time() - t0, 1),
-                     "torch": torch.__version__},  # fmt: skip
+        "training": training,
     }
     return model.eval(), info
 

@@ -1,9 +1,13 @@
 import os
 
-import pytest
-import torch
+# Test tensors are tiny: one thread avoids OpenMP start-up and barrier costs per op, which dominate them
+# (and explode when another process competes for the cores). Subprocesses inherit it.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 # Tiny networks so each training test runs in seconds on a 2-core CPU.
 TINY_DDPM = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1",

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import torch
+from conftest import FAST_TRAIN, TINY_DDPM, TINY_VAE, run_cli
 
 import genlab
-from conftest import FAST_TRAIN, TINY_DDPM, TINY_VAE, run_cli
 from genlab.data.png import load_png
 
 

@@ -22,7 +22,7 @@ def write_idx(path, array: np.ndarray, compress=False):
 def make_idx_dir(root, n=12, compress=True):
     rs = np.random.RandomState(0)
     sfx = ".gz" if compress else ""
-    for split, prefix in (("train", "train"), ("test", "t10k")):
+    for prefix in ("train", "t10k"):
         write_idx(root / f"{prefix}-images-idx3-ubyte{sfx}", rs.randint(0, 256, (n, 28, 28)), compress)
         write_idx(root / f"{prefix}-labels-idx1-ubyte{sfx}", rs.randint(0, 10, (n,)), compress)
     return root

@@ -100,7 +100,7 @@ def test_unknown_and_untrained_evaluators(tmp_path):
 
 @pytest.mark.parametrize("name, min_acc", [("fmnist-net", 0.93), ("digits-net", 0.95)])
 def test_bundled_weights(name, min_acc):
-    tensors, record = ev.weights_paths(name)
+    tensors, _ = ev.weights_paths(name)
     if not tensors.is_file():
         pytest.skip(f"{name} not trained (python scripts/train_evaluator.py {name})")
     assert tensors.stat().st_size < 2_000_000  # committed to git
@@ -245,11 +245,14 @@ def test_inception_accepts_files_without_batchnorm_counters(inception_files, tmp
 
 def test_inception_refuses_pickled_code_and_non_state_dicts(tmp_path):
     torch.save({"net": NotAStateDict()}, p := tmp_path / "evil.pth")
-    with pytest.warns(UserWarning), pytest.raises(GenlabError, match="cannot read Inception weights"):
+    with pytest.warns(UserWarning), pytest.raises(GenlabError, match="refusing to read the FID Inception weights file .*could run code"):
         load_fid_inception(p)
     torch.save([torch.zeros(1)], p2 := tmp_path / "list.pth")
     with pytest.warns(UserWarning), pytest.raises(GenlabError, match="not a state dict"):
         load_fid_inception(p2)
+    (p3 := tmp_path / "truncated.safetensors").write_bytes(b"\x10\x00\x00")
+    with pytest.raises(GenlabError, match="corrupt or truncated"):
+        load_fid_inception(p3)
 
 
 def test_inception_forward_shapes_and_grayscale(inception_files):

@@ -81,6 +81,7 @@ def test_lpips_input_range_and_formats(alex):
         alex(x.clamp(-1, 1) * (1 + 1e-6), x)  # round-off beyond the range is tolerated
         u = ((x + 1) * 127.5).round().to(torch.uint8)
         assert torch.allclose(alex(u, u.flip(0)), alex(to_float(u), to_float(u.flip(0))))
+        assert torch.allclose(alex(x.double(), x.flip(0).double()), alex(x, x.flip(0)))  # float64 input is fine
         gray = x[:, :1]
         assert torch.allclose(alex(gray, gray.flip(0)), alex(gray.repeat(1, 3, 1, 1), gray.flip(0).repeat(1, 3, 1, 1)))
     with pytest.raises(ValueError, match="at least 31x31"):
@@ -103,7 +104,7 @@ def test_lpips_vgg_loads_torchvision_keys(tmp_path):
 
 
 def test_lpips_loading_errors(tmp_path, monkeypatch):
-    b, lin, backbone, linear = write_lpips_files("alex", tmp_path)
+    b, lin, backbone, _ = write_lpips_files("alex", tmp_path)
     monkeypatch.setenv("GENLAB_LPIPS_BACKBONE", str(tmp_path / "nope.pth"))
     with pytest.raises(GenlabError, match=r"backbone weights not found.*GENLAB_LPIPS_BACKBONE"):
         load_lpips("alex", linear_path=lin)
@@ -234,11 +235,11 @@ def linear_generator(w):  # (B, 3) -> (B, 1, 2, 2); outside [-1, 1] is fine for 
 
 def test_ppl_w_space_linear_generator_closed_form():
     """lerp in W + linear G + squared L2: every path value is exactly ||A (w1 - w0)||^2, for any t."""
-    g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
     for sampling in ("end", "full"):
         d = ppl_distances(linear_generator, sq_l2, n=400, latent_dim=3, space="w", mapping=lambda z: z,
-                          sampling=sampling, generator=g(), dtype=torch.float64)  # fmt: skip
-        z0, z1, _ = sample_path_latents(400, 3, sampling=sampling, generator=g(), dtype=torch.float64)
+                          sampling=sampling, generator=torch.Generator().manual_seed(7), dtype=torch.float64)  # fmt: skip
+        z0, z1, _ = sample_path_latents(400, 3, sampling=sampling, generator=torch.Generator().manual_seed(7),
+                                        dtype=torch.float64)  # fmt: skip
         expected = ((z1 - z0) @ A.T).pow(2).sum(1).numpy()
         np.testing.assert_allclose(d, expected, rtol=1e-6)
     # E ||A (w1 - w0)||^2 = 2 tr(A^T A) for w0, w1 ~ N(0, I)
@@ -270,8 +271,11 @@ def test_slerp_endpoints_and_end_sampling():
     # same endpoints for both samplings; per-sample streams make results independent of batch size
     z0f, z1f, tf = sample_path_latents(5, 4, sampling="full", generator=torch.Generator().manual_seed(0))
     assert torch.equal(z0, z0f) and torch.equal(z1, z1f) and (tf > 0).all()
-    kw = dict(n=13, latent_dim=8, sampling="full", dtype=torch.float64)
-    gen = lambda z: torch.tanh(z).view(-1, 2, 2, 2)  # noqa: E731
+    kw = {"n": 13, "latent_dim": 8, "sampling": "full", "dtype": torch.float64}
+
+    def gen(z):
+        return torch.tanh(z).view(-1, 2, 2, 2)
+
     a = ppl_distances(gen, sq_l2, batch_size=4, generator=torch.Generator().manual_seed(1), **kw)
     b = ppl_distances(gen, sq_l2, batch_size=100, generator=torch.Generator().manual_seed(1), **kw)
     np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import FAST_TRAIN, TINY_DDPM, run_cli
+
 from genlab.data import load_dataset, to_float
 from genlab.errors import UsageError
 from genlab.metrics import evaluate, floor

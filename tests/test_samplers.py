@@ -53,10 +53,10 @@ def gaussian_eps(mu: float, sigma: float, ab: torch.Tensor):
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 @pytest.mark.parametrize("sampler", ["ddim", "ddim-eta1", "ddpm"])
 def test_exact_eps_reproduces_gaussian_data(schedule, sampler):
-    mu, sigma, n = 0.5, 0.3, 4000
+    mu, sigma, n = 0.5, 0.3, 200
     ab = make_alpha_bar(schedule, 1000)
     rng = SampleRNG(range(n))
-    x_T = rng.randn(2)
+    x_T = rng.randn(40)  # 200 streams x 40 iid coordinates = 8,000 values
     # stochastic samplers need fine steps: their q(x_s | x_t, x0_hat) variance ignores x0's uncertainty, which
     # shrinks samples at coarse strides (Bao et al. 2022); deterministic DDIM is accurate with 100 steps
     steps = ddim_timesteps(1000, 100 if sampler == "ddim" else 1000)
@@ -65,7 +65,7 @@ def test_exact_eps_reproduces_gaussian_data(schedule, sampler):
         x = sample_ddpm(f, x_T, ab, steps, rng=rng)
     else:
         x = sample_ddim(f, x_T, ab, steps, eta=1.0 if sampler == "ddim-eta1" else 0.0, rng=rng)
-    # statistical tolerance: 4000 x 2 values, se(mean) = 0.003, se(std) = 0.0024
+    # statistical tolerance: 8,000 values, se(mean) = 0.0034, se(std) = 0.0024
     assert x.mean().item() == pytest.approx(mu, abs=0.015)
     assert x.std().item() == pytest.approx(sigma, abs=0.015)
 

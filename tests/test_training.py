@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import FAST_TRAIN, TINY_DDPM, TINY_VAE, run_cli
+
 from genlab.training.checkpoint import latest_checkpoint
 
 

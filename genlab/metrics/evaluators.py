@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,9 +192,17 @@ def read_state_dict(path: str | Path, what: str, hint: str = "") -> dict[str, to
             # The only torch.load in genlab. weights_only=True selects torch's restricted unpickler: it rebuilds
             # tensors and plain containers and refuses every other global, so a crafted file cannot run code.
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise GenlabError(f"cannot read the {what} file {path}: {type(e).__name__}: {first_line}. {hint}") from None
+    except Exception as e:  # SafetensorError, OSError, EOFError, the unpickler's refusal, ...; all become GenlabError
+        text = str(e).strip()
+        if "weights only" in text.lower() or "weights_only" in text:  # the restricted unpickler refused a global
+            raise GenlabError(
+                f"refusing to read the {what} file {path}: it holds Python objects other than tensors, and "
+                f"unpickling them could run code. {hint}"
+            ) from None
+        first_line = text.splitlines()[0] if text else ""
+        raise GenlabError(
+            f"cannot read the {what} file {path} (corrupt or truncated?): {type(e).__name__}: {first_line}. {hint}"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise GenlabError(f"the {what} file {path} is not a state dict (a mapping of names to tensors). {hint}")
     return state

@@ -137,11 +137,11 @@ class LPIPS(nn.Module):
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         x0, x1 = check_pair(x0, x1, (1, 3), self.min_size)
-        device = self.shift.device
-        x0, x1 = x0.to(device).expand(-1, 3, -1, -1), x1.to(device).expand(-1, 3, -1, -1)  # grayscale -> RGB
+        device, dtype = self.shift.device, self.shift.dtype
+        x0, x1 = (x.to(device=device, dtype=dtype).expand(-1, 3, -1, -1) for x in (x0, x1))  # grayscale -> RGB
         feats = self.layer_features(torch.cat([x0, x1]))  # one pass for both: [(2B, C_l, H_l, W_l)]
         b = x0.shape[0]
-        d = torch.zeros(b, device=device, dtype=x0.dtype)
+        d = torch.zeros(b, device=device, dtype=dtype)
         for lin, f in zip(self.lins, feats):
             diff = (f[:b] - f[b:]).pow(2)  # (B, C_l, H_l, W_l)
             d = d + lin["model"](diff).mean(dim=(1, 2, 3))  # (B,)
@@ -163,10 +163,10 @@ class DomainLPIPS(nn.Module):
         x0, x1 = check_pair(x0, x1, (ev.in_channels,), ev.image_size)
         if tuple(x0.shape[2:]) != (ev.image_size, ev.image_size):
             raise ValueError(f"domain LPIPS expects {ev.image_size}x{ev.image_size} images; got {tuple(x0.shape[2:])}")
-        device = ev.classifier.weight.device
+        weight = ev.classifier.weight
         b = x0.shape[0]
-        maps = ev.feature_maps(torch.cat([x0, x1]).to(device))  # one pass for both: [(2B, C_l, H_l, W_l)]
-        d = torch.zeros(b, device=device, dtype=x0.dtype)
+        maps = ev.feature_maps(torch.cat([x0, x1]).to(weight))  # one pass for both: [(2B, C_l, H_l, W_l)]
+        d = torch.zeros(b, device=weight.device, dtype=weight.dtype)
         for f in maps:
             f = normalize_channels(f)
             d = d + (f[:b] - f[b:]).pow(2).sum(dim=1).mean(dim=(1, 2))  # (B,)

@@ -9,7 +9,7 @@ visit, so a sampler can run on any sub-sequence of the training steps.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
