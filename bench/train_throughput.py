@@ -63,7 +63,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmark this checkout's genlab, installed or not
 
-from genlab.nn import UNet
+from genlab.nn import UNet  # noqa: E402
 
 INSTALL_CMD = f"{ROOT / '.venv/bin/pip'} install -c {ROOT / 'bench/constraints.txt'} diffusers"
 NUM_TIMESTEPS = 1000
@@ -173,15 +173,30 @@ class StepRunner:
         self.opt.zero_grad(set_to_none=True)
         self.last_loss = loss.item()
 
-    def timed(self, steps: int) -> tuple[float, float]:
-        """Run `steps` steps; return (wall-clock seconds, this process's CPU seconds) they took."""
+    def timed(self, steps: int) -> tuple[float, float, int]:
+        """Run `steps` steps; return (wall seconds, this process's CPU seconds, minor page faults) they took."""
+        faults_start = minor_faults()
         start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.step()
-        return time.perf_counter() - start, time.process_time() - cpu_start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        return wall, cpu, minor_faults() - faults_start
 
 
 # ------------------------------------------------------------------------------------------------- misc
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far (0 where `resource` is unavailable).
+
+    Freed large tensors go back to the OS and fault in again on the next step; on this kind of machine that is a
+    visible share of a step, so the count per step is reported next to the throughput.
+    """
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def cpu_model() -> str:
@@ -219,15 +234,15 @@ def write_atomic(path: Path, text: str) -> None:
 def markdown(result: dict) -> str:
     m, a = result["machine"], result["args"]
     rows = [
-        "| model | params | median images/s | median ms/step | images/s per repeat | min CPU util |",
-        "| --- | ---: | ---: | ---: | --- | ---: |",
+        "| model | params | median images/s | median ms/step | images/s per repeat | min CPU util | page faults/step |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for name in ("genlab", "diffusers"):
         r = result["models"][name]
         per = ", ".join(f"{v:.1f}" for v in r["images_per_s"])
         rows.append(
             f"| {name} | {r['params']:,} | {r['median_images_per_s']:.1f} | {r['median_ms_per_step']:.0f} "
-            f"| {per} | {min(r['cpu_util']):.2f} |"
+            f"| {per} | {min(r['cpu_util']):.2f} | {statistics.median(r['minor_page_faults_per_step']):,.0f} |"
         )
     ratio, target = result["ratio_genlab_over_diffusers"], result["target_ratio"]
     arch = result["arch"]
@@ -319,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         import diffusers
     except ImportError:
         print(
-            f"diffusers is not installed (it is a bench-only dependency). Install it with:\n\n    {INSTALL_CMD}\n"
+            f"diffusers is not installed (it is a bench-only dependency). Install it with:\n\n    {INSTALL_CMD}\n",
+            file=sys.stderr,
         )
         return 2
 
@@ -368,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     for r in runners:
-        secs, _ = r.timed(args.warmup)
+        secs, _, _ = r.timed(args.warmup)
         print(f"warm-up {r.name}: {args.warmup} steps in {secs:.1f}s (loss {r.last_loss:.4f})", flush=True)
 
     # cpu_util = own CPU seconds / (wall seconds * torch threads): well below 1 means other processes took cores
@@ -376,33 +392,35 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     times: dict[str, list[float]] = {r.name: [] for r in runners}
     cpu_util: dict[str, list[float]] = {r.name: [] for r in runners}
+    faults: dict[str, list[float]] = {r.name: [] for r in runners}
     discarded: list[dict] = []
     attempt = 0
     while len(times["genlab"]) < args.repeats:
         attempt += 1
         rep = len(times["genlab"]) + 1
-        pair: dict[str, tuple[float, float]] = {}
+        pair: dict[str, tuple[float, float, float]] = {}
         for r in runners:  # interleaved: genlab, diffusers, genlab, diffusers, ...
-            secs, cpu_secs = r.timed(args.steps)
+            secs, cpu_secs, n_faults = r.timed(args.steps)
             if not math.isfinite(r.last_loss):
                 raise RuntimeError(f"{r.name}: non-finite loss {r.last_loss}")
-            pair[r.name] = (secs, cpu_secs / (secs * threads))
+            pair[r.name] = (secs, cpu_secs / (secs * threads), n_faults / args.steps)
             print(
                 f"repeat {rep}/{args.repeats} {r.name:9s}: {args.batch_size * args.steps / secs:7.1f} images/s  "
                 f"({1000 * secs / args.steps:.0f} ms/step, cpu util {pair[r.name][1]:.2f}, "
                 f"loss {r.last_loss:.4f})",
                 flush=True,
             )
-        contended = min(u for _, u in pair.values()) < args.min_cpu_util
+        contended = min(u for _, u, _ in pair.values()) < args.min_cpu_util
         if contended and attempt - rep < args.max_retries:
             print(
                 f"  cpu util below {args.min_cpu_util}: another process competed; discarding and redoing this pair"
             )
-            discarded.append({name: {"seconds": s, "cpu_util": u} for name, (s, u) in pair.items()})
+            discarded.append({name: {"seconds": s, "cpu_util": u} for name, (s, u, _) in pair.items()})
             continue
-        for name, (secs, util) in pair.items():
+        for name, (secs, util, f) in pair.items():
             times[name].append(secs)
             cpu_util[name].append(util)
+            faults[name].append(f)
 
     models = {}
     for name, kwargs, n in (("genlab", g_kwargs, g_params), ("diffusers", d_kwargs, d_params)):
@@ -412,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             "params": n,
             "seconds": times[name],
             "cpu_util": cpu_util[name],
+            "minor_page_faults_per_step": faults[name],
             "images_per_s": ips,
             "median_images_per_s": statistics.median(ips),
             "median_ms_per_step": 1000 * statistics.median(times[name]) / args.steps,

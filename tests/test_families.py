@@ -132,3 +132,21 @@ def test_ddpm_denoising_strip_goes_from_noise_to_images():
     assert strip.shape[:2] == (8, 6)  # x_T + one frame per step (at most 9 frames)
     assert 0.7 < strip[:, 0].std() < 1.3  # x_T is unit noise
     assert strip[:, -1].abs().max() <= 1  # the last frame is a clamped sample
+
+
+def test_unet_attention_matches_naive_softmax_attention():
+    from genlab.nn.unet import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(16, heads=2)
+    torch.nn.init.normal_(attn.out.weight)
+    x = torch.randn(2, 16, 3, 4)
+    h = attn.norm(x).flatten(2)  # (B, C, L)
+    q, k, v = (attn.qkv.weight.flatten(1) @ h + attn.qkv.bias[:, None]).chunk(3, dim=1)  # each (B, C, L)
+    out = []
+    for head in range(2):
+        sl = slice(8 * head, 8 * head + 8)
+        w = torch.softmax(q[:, sl].transpose(1, 2) @ k[:, sl] / 8**0.5, dim=-1)  # (B, L, L)
+        out.append(v[:, sl] @ w.transpose(1, 2))  # (B, c, L)
+    expected = x + attn.out(torch.cat(out, 1).reshape(x.shape))
+    assert torch.allclose(attn(x), expected, atol=1e-5)

@@ -39,7 +39,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None]
+        h = h + self.emb(F.silu(emb))[:, :, None, None]  # SiLU first, else two Linears collapse into one
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -58,10 +58,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)  # (B, 3, h, c, L)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, h, L, c)
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, L, C)
+        # the 1x1 conv as a Linear on (B, L, C), so q, k, v reach SDPA with a contiguous last dimension
+        # (PyTorch's fast CPU attention kernel needs it)
+        qkv = F.linear(h, self.qkv.weight.flatten(1), self.qkv.bias)  # (B, L, 3C)
+        q, k, v = qkv.view(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # each (B, h, L, c)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, h, L, c)
-        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        h = h.transpose(1, 2).reshape(B, H * W, C).transpose(1, 2).reshape(B, C, H, W)
         return x + self.out(h)
 
 
