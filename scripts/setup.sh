@@ -10,15 +10,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv
 fi
-PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+pip_install() {  # quiet pip; drop this machine's notes about absent local package folders
+  .venv/bin/python -m pip --disable-pip-version-check -q install "$@" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch==2.13.0 (CPU build)"
-  $PIP install torch==2.13.0
+  pip_install torch==2.13.0
 fi
 if ! .venv/bin/python -c "import genlab, pytest, accelerate, safetensors, sklearn, matplotlib" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.genlab-installed ]; then
   echo "[setup] installing genlab and its dependencies"
-  $PIP install -c scripts/constraints.txt -e ".[test]"
+  pip_install -c scripts/constraints.txt -e ".[test]"
   touch .venv/.genlab-installed
 fi
 

@@ -78,6 +78,15 @@ def _x0_from_eps(x_t, eps, ab, clip):
     return x0.clamp(-clip, clip) if clip else x0
 
 
+def _steps(alpha_bar: torch.Tensor, timesteps: torch.Tensor):
+    """(i, t, s, alpha_bar_t, alpha_bar_s) for each move t -> s along `timesteps` (alpha_bar_s = 1 after the last)."""
+    steps = timesteps.tolist()
+    for i, t in enumerate(steps):
+        s = steps[i + 1] if i + 1 < len(steps) else -1
+        ab_t = alpha_bar[t]
+        yield i, t, s, ab_t, (alpha_bar[s] if s >= 0 else torch.ones_like(ab_t))
+
+
 @torch.no_grad()
 def sample_ddpm(
     eps_model: EpsModel,
@@ -96,13 +105,8 @@ def sample_ddpm(
     `callback(i, t, x_t, x0_pred)` is called after every step.
     """
     x = x_T
-    steps = timesteps.tolist()
-    for i, t in enumerate(steps):
-        s = steps[i + 1] if i + 1 < len(steps) else -1
-        ab_t = alpha_bar[t]
-        ab_s = alpha_bar[s] if s >= 0 else torch.ones_like(ab_t)
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = eps_model(x, tt)
+    for i, t, s, ab_t, ab_s in _steps(alpha_bar, timesteps):
+        eps = eps_model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
         x0 = _x0_from_eps(x, eps, _bcast(ab_t, x), clip_x0)
         # 1. posterior mean mu_tilde(x_t, x_0) = c0 x_0 + ct x_t  (Ho et al. 2020, Eq. 7)
         beta_t = 1 - ab_t / ab_s
@@ -139,13 +143,8 @@ def sample_ddim(
     if eta > 0 and rng is None:
         raise ValueError("DDIM with eta > 0 needs per-sample noise: pass rng=SampleRNG(...)")
     x = x_T
-    steps = timesteps.tolist()
-    for i, t in enumerate(steps):
-        s = steps[i + 1] if i + 1 < len(steps) else -1
-        ab_t = alpha_bar[t]
-        ab_s = alpha_bar[s] if s >= 0 else torch.ones_like(ab_t)
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = eps_model(x, tt)
+    for i, t, s, ab_t, ab_s in _steps(alpha_bar, timesteps):
+        eps = eps_model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
         # 1. predicted x_0 ("predicted x_0" term of Eq. 12)
         x0 = _x0_from_eps(x, eps, _bcast(ab_t, x), clip_x0)
         if clip_x0:  # keep eps consistent with the clipped x_0
