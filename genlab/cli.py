@@ -139,9 +139,9 @@ def _print_table(rows: list[tuple[str, dict]]) -> None:
     keys = [k for k in ("fid", "kid", "is", "precision", "recall", "density", "coverage", "cond_acc", "classes_covered",
                         "class_reverse_kl") if any(k in r for _, r in rows)]
     width = max(len(name) for name, _ in rows)
-    print(f"{'':{width}}  " + "  ".join(f"{k:>10}" for k in keys))
+    print(f"{'':{width}}  {'n':>6}  " + "  ".join(f"{k:>10}" for k in keys))
     for name, r in rows:
-        cells = []
+        cells = [f"{r['protocol']['n_fake']:>6}"]
         for k in keys:
             v = r.get(k)
             cells.append(f"{'-':>10}" if v is None else f"{v:>10.4g}" if isinstance(v, float) else f"{v:>10}")
@@ -180,7 +180,7 @@ def cmd_eval(args) -> int:
         raise UsageError(str(e)) from None
     p = get_protocol(pname)
     rows = [(f"data vs data ({p.floor_split} vs {p.split})", base)] + ([(label, result)] if result else [])
-    print(f"protocol {p.name}: {p.n} vs {p.dataset}/{p.split} through {p.extractor} "
+    print(f"protocol {p.name}: generated (n) vs {base['protocol']['n_real']} images of {p.dataset}/{p.split} through {p.extractor} "
           f"(sha256 {base['protocol']['extractor_sha256'][:12]}), KID {p.kid_subsets}x{p.kid_subset_size}, "
           f"P&R k={p.pr_k}, D&C k={p.dc_k}")
     _print_table(rows)
