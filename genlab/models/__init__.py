@@ -6,9 +6,9 @@ optionally `encode`/`decode`, `log_likelihood`, and `report_images` (extra pictu
 """
 
 from genlab.errors import unknown
-from genlab.models import ddpm, vae
+from genlab.models import ddpm, gan, vae
 
-FAMILIES = {"ddpm": ddpm, "vae": vae}
+FAMILIES = {"ddpm": ddpm, "vae": vae, "gan": gan}
 
 
 def get_family(name: str):

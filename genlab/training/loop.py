@@ -331,8 +331,11 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
 
 
 def _state_module(accelerator, model: nn.Module) -> nn.Module:
+    """The model without DDP wrappers, sharing its parameters (a ModuleDict keeps its family's cfg)."""
     if isinstance(model, nn.ModuleDict):
-        return nn.ModuleDict({k: accelerator.unwrap_model(v) for k, v in model.items()})
+        raw = nn.ModuleDict({k: accelerator.unwrap_model(v) for k, v in model.items()})
+        raw.cfg = getattr(model, "cfg", None)
+        return raw
     return accelerator.unwrap_model(model)
 
 
