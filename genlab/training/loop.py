@@ -245,7 +245,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
     global_batch = micro * world * tc.grad_accum
     pbar = tqdm(range(start_step, tc.steps), initial=start_step, total=tc.steps, disable=not accelerator.is_main_process,
                 desc=f"{cfg.family} on {cfg.data.name}", dynamic_ncols=True)
-    t0, seen, history = time.time(), 0, []
+    t0, seen = time.time(), 0
     # ---------------------------------------------------------------- step
     for step in pbar:
         warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else 1.0
@@ -288,7 +288,6 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
             vals = accelerator.reduce(torch.tensor([logs[k] for k in keys], device=accelerator.device, dtype=torch.float64), "mean")
             record = {"step": step + 1, **{k: float(v) for k, v in zip(keys, vals.tolist())},
                       "lr": opts[next(iter(opts))].param_groups[0]["lr"], "time_s": round(time.time() - t0, 3)}
-            history.append(record)
             if accelerator.is_main_process:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -324,8 +323,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
         final = ema.model if ema is not None else raw
         t_s = time.time()
         save_samples(family, final, cfg, out / "samples" / f"step-{tc.steps:07d}")
-        _write_status(out, "done", tc.steps, cfg, train_s=elapsed, images_per_s=seen / max(elapsed, 1e-9),
-                      sample_s=time.time() - t_s, processes=world)
+        timings = dict(train_s=elapsed, images_per_s=seen / max(elapsed, 1e-9), processes=world) if seen else {}
+        _write_status(out, "done", tc.steps, cfg, sample_s=time.time() - t_s, **timings)  # keep timings of a no-op resume
     accelerator.end_training()
     return out
 
