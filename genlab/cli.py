@@ -220,6 +220,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genlab", description="Train, sample and evaluate generative image models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -237,9 +247,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample from a trained run")
     s.add_argument("run", help="run directory")
-    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     s.add_argument("--sampler", help="sampler (e.g. ddim, ddpm); default the run's")
-    s.add_argument("--steps", type=int, help="sampler steps")
+    s.add_argument("--steps", type=_positive_int, help="sampler steps")
     s.add_argument("--eta", type=float, help="DDIM eta")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--class", dest="cls", type=int, help="class label for conditional models")
@@ -251,8 +261,8 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="run directory, folder of PNGs, FILE.npz, or 'data' for the data-vs-data floor only")
     e.add_argument("--protocol", help="fmnist | digits | mnist (default: the run's dataset; fmnist otherwise)")
     e.add_argument("--metrics", default="fid,kid,is,pr,dc,acc", help="comma list of fid,kid,is,pr,dc,acc,modes")
-    e.add_argument("--n", type=int, help="number of generated samples (default: the protocol's)")
-    e.add_argument("--steps", type=int, help="sampler steps when sampling a run")
+    e.add_argument("--n", type=_positive_int, help="number of generated samples (default: the protocol's)")
+    e.add_argument("--steps", type=_positive_int, help="sampler steps when sampling a run")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", help="write all values and the protocol record to this file")
     e.set_defaults(fn=cmd_eval)

@@ -127,3 +127,9 @@ def test_real_exit_code_of_the_console_command(tmp_path):
                            str(tmp_path), "--out", str(tmp_path / "r")], capture_output=True, text=True,
                           env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 1 and "dataset 'mnist' not found" in proc.stderr
+
+
+def test_sample_count_must_be_positive(ddpm_run, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli("sample", ddpm_run, "--n", "0")
+    assert e.value.code == 2 and "expected a number >= 1" in capsys.readouterr().err
