@@ -18,11 +18,6 @@ def derive_seed(*key) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def generator(*key) -> torch.Generator:
-    """A CPU generator seeded from `key` (see `derive_seed`)."""
-    return torch.Generator().manual_seed(derive_seed(*key))
-
-
 class SampleRNG:
     """One CPU generator per sample; draws have a leading batch dimension (B, ...)."""
 
@@ -49,11 +44,6 @@ class SampleRNG:
         """The streams of samples start..stop-1 (shares the generators, so draws stay in sync)."""
         out = SampleRNG([], self.device)
         out.generators = self.generators[start:stop]
-        return out
-
-    def to(self, device) -> "SampleRNG":
-        out = self.split(0, len(self))
-        out.device = torch.device(device)
         return out
 
     def randn(self, *shape, dtype=torch.float32) -> torch.Tensor:
