@@ -43,3 +43,14 @@ def run_cli(*args) -> int:
         return main([str(a) for a in args])
     finally:
         reset_accelerate()
+
+
+def run_torchrun(out, *args, port: int) -> None:
+    """`torchrun --nproc_per_node 2 -m genlab train ... --out OUT` on CPU (gloo); fails the test on error."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "genlab", "train", *map(str, args), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,12 +1,9 @@
 """GAN family: loss signs and gradients, packing, penalties, conditional sampling, DDP with G and D prepared."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import FAST_TRAIN, run_cli
+from conftest import FAST_TRAIN, run_cli, run_torchrun
 from test_families import _Ctx
 
 from genlab.models import gan
@@ -95,11 +92,7 @@ def test_cgan_cli_end_to_end(tmp_path):
 def test_two_processes_match_one_process_with_g_and_d_prepared(tmp_path):
     common = ["gan", "--data", "ring8", "model.mlp_hidden=16", "model.mlp_layers=2", "model.latent_dim=4",
               *FAST_TRAIN, "train.steps=3", "train.ema_decay=0", "model.pack=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
-           "-m", "genlab", "train", *common, "train.batch_size=4", "--out", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun(tmp_path / "two", *common, "train.batch_size=4", port=29519)
     assert run_cli("train", *common, "train.batch_size=8", "--out", tmp_path / "one") == 0
     t1 = latest_checkpoint(tmp_path / "one" / "checkpoints").tensors
     t2 = latest_checkpoint(tmp_path / "two" / "checkpoints").tensors

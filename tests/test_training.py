@@ -1,13 +1,10 @@
 """The training loop: exact resume, NaN handling, multi-process equality."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import FAST_TRAIN, TINY_DDPM, TINY_VAE, run_cli
+from conftest import FAST_TRAIN, TINY_DDPM, TINY_VAE, run_cli, run_torchrun
 
 from genlab.training.checkpoint import latest_checkpoint
 
@@ -99,11 +96,7 @@ def test_grad_accumulation_matches_a_bigger_batch(tmp_path):
 def test_two_processes_match_one_process(tmp_path, family, tiny):
     """torchrun 2 x batch b (gloo on CPU) == 1 process x batch 2b, to 1e-5."""
     common = [family, "--data", "ring8", *tiny, *FAST_TRAIN, "train.steps=3", "train.ema_decay=0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "genlab", "train", *common, "train.batch_size=4", "--out", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun(tmp_path / "two", *common, "train.batch_size=4", port=29517)
     assert run_cli("train", *common, "train.batch_size=8", "--out", tmp_path / "one") == 0
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 3

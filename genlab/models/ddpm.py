@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.models.labels import class_labels
 from genlab.nn import MLPDenoiser, UNet
 from genlab.rng import SampleRNG
 from genlab.samplers import ddim_timesteps, make_alpha_bar, predict_eps_x0, q_sample, sample_ddim, sample_ddpm
@@ -150,15 +151,7 @@ def sample(
     steps = steps or cfg.sample_steps
     eta = cfg.eta if eta is None else eta
     device = next(model.parameters()).device
-    if cond is not None:
-        if not cfg.class_cond:
-            raise ValueError("this model was trained without class conditioning (model.class_cond=false)")
-        cond = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
-        cond = cond.expand(n) if cond.numel() == 1 else cond
-        if cond.numel() != n:
-            raise ValueError(f"got {cond.numel()} class labels for {n} samples")
-        if cond.min() < 0 or cond.max() >= cfg.num_classes:
-            raise ValueError(f"class labels must be in 0..{cfg.num_classes - 1}")
+    cond = class_labels(cond, n, cfg.class_cond, cfg.num_classes)
     rng = SampleRNG.from_generator(n, generator, device)
     ab = alpha_bar(cfg)
     timesteps = ddim_timesteps(cfg.timesteps, steps)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.models.labels import class_labels
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)
@@ -242,14 +243,8 @@ def sample(model: GAN, n: int, *, cond=None, generator: torch.Generator | None =
     if sampler not in (None, *SAMPLERS):
         raise ValueError(f"unknown sampler '{sampler}' for gan; expected one of: {', '.join(SAMPLERS)}")
     device = next(model.parameters()).device
-    if cond is not None:
-        if not cfg.class_cond:
-            raise ValueError("this model was trained without class conditioning (model.class_cond=false)")
-        cond = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
-        cond = cond.expand(n) if cond.numel() == 1 else cond
-        if cond.numel() != n or cond.min() < 0 or cond.max() >= cfg.num_classes:
-            raise ValueError(f"need {n} class labels in 0..{cfg.num_classes - 1}")
-    elif cfg.class_cond:
+    cond = class_labels(cond, n, cfg.class_cond, cfg.num_classes)
+    if cond is None and cfg.class_cond:
         cond = torch.arange(n) % cfg.num_classes  # balanced classes when none are asked for
     G = model["G"]
     was_training = G.training
