@@ -107,3 +107,16 @@ def test_two_processes_match_one_process(tmp_path, family, tiny):
     for k in t1:
         if k.startswith(("model/", "optim/")):
             assert torch.allclose(t1[k], t2[k], atol=1e-5), k
+
+
+def test_lr_schedule_warmup_then_decay():
+    from genlab.config import TrainConfig
+    from genlab.training.loop import lr_scale
+
+    tc = TrainConfig(steps=110, warmup_steps=10, lr_schedule="linear")
+    assert [lr_scale(s, tc) for s in (0, 9)] == [0.1, 1.0]
+    assert lr_scale(10, tc) == 1.0 and abs(lr_scale(60, tc) - 0.5) < 1e-12 and abs(lr_scale(109, tc) - 0.01) < 1e-12
+    tc.lr_schedule = "cosine"
+    assert lr_scale(10, tc) == 1.0 and abs(lr_scale(60, tc) - 0.5) < 1e-12 and lr_scale(109, tc) < 1e-3
+    tc.lr_schedule = "constant"
+    assert lr_scale(109, tc) == 1.0

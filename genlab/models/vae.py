@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, feature_sizes, mlp
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)
@@ -49,24 +50,14 @@ class VAE(nn.Module):
         z, shape = cfg.latent_dim, cfg.data_shape
         self.log_sigma = nn.Parameter(torch.full((shape[0],), math.log(0.1)))
         if len(shape) == 1:
-            h = cfg.mlp_hidden
-            self.encoder = nn.Sequential(nn.Linear(shape[0], h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 2 * z))
-            self.decoder = nn.Sequential(nn.Linear(z, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, shape[0]))
+            self.encoder = mlp(shape[0], cfg.mlp_hidden, 2 * z)
+            self.decoder = mlp(z, cfg.mlp_hidden, shape[0])
             return
         c, H, W = shape
-        c1, c2 = cfg.channels, 2 * cfg.channels
-        self.sizes = [(H, W), ((H + 1) // 2, (W + 1) // 2), ((H + 3) // 4, (W + 3) // 4)]
-        h4, w4 = self.sizes[2]
-        self.encoder = nn.Sequential(
-            nn.Conv2d(c, c1, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(c1, c1, 4, stride=2, padding=1) if H % 2 == 0 else nn.Conv2d(c1, c1, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Flatten(), nn.Linear(c2 * h4 * w4, 2 * z),
-        )  # fmt: skip
-        self.fc = nn.Linear(z, c2 * h4 * w4)
-        self.up1 = nn.Sequential(nn.Conv2d(c2, c1, 3, padding=1), nn.SiLU())
-        self.up2 = nn.Sequential(nn.Conv2d(c1, c1, 3, padding=1), nn.SiLU())
-        self.out = nn.Conv2d(c1, c, 3, padding=1)
+        h4, w4 = feature_sizes(H, W)[2]
+        self.encoder = nn.Sequential(ConvEncoder(c, cfg.channels, H), nn.Flatten(), nn.Linear(2 * cfg.channels * h4 * w4, 2 * z))
+        self.decoder = nn.Sequential(nn.Linear(z, 2 * cfg.channels * h4 * w4), nn.Unflatten(1, (2 * cfg.channels, h4, w4)),
+                                     ConvDecoder(c, cfg.channels, (H, W)))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=1)
@@ -74,12 +65,7 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output: Gaussian mean or Bernoulli logits, shaped like the data."""
-        if len(self.cfg.data_shape) == 1:
-            return self.decoder(z)
-        h = self.fc(z).reshape(z.shape[0], 2 * self.cfg.channels, *self.sizes[2])  # (B, C2, H/4, W/4)
-        h = self.up1(F.interpolate(h, size=self.sizes[1], mode="nearest"))
-        h = self.up2(F.interpolate(h, size=self.sizes[0], mode="nearest"))
-        return self.out(h)
+        return self.decoder(z)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor):
         mu, logvar = self.encode(x)

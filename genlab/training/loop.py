@@ -29,6 +29,7 @@ from genlab.training.checkpoint import latest_checkpoint, optimizer_from_flat, s
 from genlab.training.ema import EMA
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 class TrainingDiverged(GenlabError):
@@ -126,8 +127,26 @@ def _trackers(kind: str):
     return "tensorboard"
 
 
+def lr_scale(step: int, tc) -> float:
+    """Learning-rate multiplier at `step`: linear warm-up from 0, then constant or a decay to 0 at the end."""
+    if tc.warmup_steps > 0 and step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    frac = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)  # 0 -> 1 over the decay
+    if tc.lr_schedule == "linear":
+        return 1.0 - frac
+    if tc.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * frac))
+    return 1.0
+
+
 def save_samples(family, model, cfg: RunConfig, path: Path) -> None:
-    """A sample grid PNG (images) or the points as safetensors (2-D toys), from a fixed seed."""
+    """A sample grid PNG (images) or the points as safetensors (2-D toys), from a fixed seed.
+
+    Families that cannot sample (`SAMPLERS == ()`: the plain autoencoder) write nothing; their report shows
+    reconstructions instead.
+    """
+    if not family.SAMPLERS:
+        return
     opts = sample_options(family, steps=cfg.train.sample_steps or None)
     x = family.sample(model, cfg.train.n_samples, generator=torch.Generator().manual_seed(cfg.train.seed), **opts)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +202,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     tc = cfg.train
+    if tc.lr_schedule not in LR_SCHEDULES:
+        raise UsageError(f"unknown train.lr_schedule '{tc.lr_schedule}'; expected one of: {', '.join(LR_SCHEDULES)}")
     if tc.mixed_precision not in MIXED_PRECISION:
         raise UsageError(f"unknown train.mixed_precision '{tc.mixed_precision}'; expected one of: {', '.join(MIXED_PRECISION)}")
     out = Path(out_dir)
@@ -248,10 +269,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
     t0, seen = time.time(), 0
     # ---------------------------------------------------------------- step
     for step in pbar:
-        warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else 1.0
+        scale = lr_scale(step, tc)
         for name, opt in opts.items():
             for g, lr in zip(opt.param_groups, base_lrs[name]):
-                g["lr"] = lr * warm
+                g["lr"] = lr * scale
         logs: dict[str, float] = {}
         for m in range(tc.grad_accum):
             positions = step * global_batch + m * micro * world + rank * micro + torch.arange(micro)
