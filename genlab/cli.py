@@ -230,6 +230,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def cmd_anomaly(args) -> int:
+    from genlab.anomaly import detect, format_result
+    from genlab.training.loop import parse_classes
+    from genlab.training.run import load_run
+
+    if not 0 <= args.fpr <= 1:
+        raise UsageError(f"--fpr must be in [0, 1], got {args.fpr}")
+    run = load_run(args.run)
+    normal = parse_classes(args.normal) if args.normal else None
+    result = detect(run, data=args.data or "", split=args.split, normal=normal, threshold=args.threshold,
+                    fpr=args.fpr, out_dir=args.out, seed=args.seed)
+    print(format_result(result))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genlab", description="Train, sample and evaluate generative image models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -266,6 +281,18 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", help="write all values and the protocol record to this file")
     e.set_defaults(fn=cmd_eval)
+
+    a = sub.add_parser("anomaly", help="score a labelled dataset for anomalies with an ae / vae run (AUROC, AUPRC)")
+    a.add_argument("run", help="run directory of an ae or vae")
+    a.add_argument("--data", help="dataset to score (default: the run's dataset)")
+    a.add_argument("--split", default="test", choices=["train", "test"], help="its split (default test)")
+    a.add_argument("--normal", help="comma list of the normal classes (default: the run's data.classes)")
+    a.add_argument("--threshold", type=float, help="flag scores above this (default: calibrated by --fpr)")
+    a.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on the run's held-out normal "
+                   "images (data.holdout), used when no --threshold is given (default 0.05)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", help="folder for the JSON and picture (default RUN/anomaly)")
+    a.set_defaults(fn=cmd_anomaly)
 
     sub.add_parser("list", help="families, datasets, samplers and presets").set_defaults(fn=cmd_list)
 

@@ -25,6 +25,8 @@ class DataConfig:
     image_size: int = 0  # folder datasets: resize + centre-crop to this size (0: 32)
     grayscale: bool = False  # folder datasets: convert to one channel
     toy_size: int = 20000  # 2-D toys: number of points drawn once (seeded) as the training set
+    classes: str = ""  # comma list of labels to keep, e.g. "0" for one-class training; empty: all
+    holdout: float = 0.0  # fraction of the training split never trained on (split "holdout"), e.g. 0.1
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 from genlab.data.images import load_digits, load_folder, load_idx_dataset
 from genlab.data.toys import TOYS, make_toy
 from genlab.errors import unknown
+from genlab.rng import derive_seed
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +61,29 @@ class Dataset:
         x = self.x[idx]
         x = to_float(x) if self.is_image else x.float()
         return x, (self.y[idx] if self.y is not None else None)
+
+    def subset(self, idx: torch.Tensor) -> Dataset:
+        """The samples at `idx` (same name and class list)."""
+        return Dataset(self.name, self.x[idx], self.y[idx] if self.y is not None else None, self.classes)
+
+    def keep_classes(self, labels: list[int]) -> Dataset:
+        """Only the samples whose label is in `labels` (one-class training); the class list is unchanged."""
+        if self.y is None:
+            raise ValueError(f"'{self.name}' has no labels: data.classes needs a labelled dataset")
+        bad = [c for c in labels if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"data.classes: {bad} not in 0..{self.num_classes - 1} ({', '.join(self.classes)})")
+        return self.subset(torch.isin(self.y, torch.tensor(labels)).nonzero().squeeze(1))
+
+    def holdout_split(self, fraction: float, part: str) -> Dataset:
+        """A fixed, seeded `fraction` of the samples ('holdout') or the rest ('train'): data never trained on,
+        e.g. to calibrate an anomaly threshold. The permutation depends only on the dataset's size."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"data.holdout must be in (0, 1), got {fraction}")
+        g = torch.Generator().manual_seed(derive_seed("holdout", self.name, len(self)))
+        perm = torch.randperm(len(self), generator=g)
+        k = max(1, round(fraction * len(self)))
+        return self.subset(perm[:k].sort().values if part == "holdout" else perm[k:].sort().values)
 
 
 IDX_DATASETS = {

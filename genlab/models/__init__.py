@@ -6,9 +6,9 @@ optionally `encode`/`decode`, `log_likelihood`, and `report_images` (extra pictu
 """
 
 from genlab.errors import unknown
-from genlab.models import ddpm, gan, vae
+from genlab.models import ae, ddpm, gan, gmm, vae, vqvae
 
-FAMILIES = {"ddpm": ddpm, "vae": vae, "gan": gan}
+FAMILIES = {"ddpm": ddpm, "vae": vae, "ae": ae, "gan": gan, "vqvae": vqvae, "gmm": gmm}
 
 
 def get_family(name: str):

@@ -177,6 +177,18 @@ def log_likelihood(model: VAE, x: torch.Tensor, *, k: int | None = None, generat
     return ll
 
 
+@torch.no_grad()
+def anomaly_score(model: VAE, x: torch.Tensor, *, generator: torch.Generator | None = None, k: int = 8) -> torch.Tensor:
+    """Negative ELBO per input (B,) in nats, averaged over k posterior samples (higher = more anomalous)."""
+    cfg = model.cfg
+    mu, logvar = model.encode(x)
+    eps = SampleRNG.from_generator(x.shape[0], generator, x.device).randn(k, cfg.latent_dim)  # (B, k, Z)
+    z = mu[:, None] + (0.5 * logvar).exp()[:, None] * eps
+    xr = x[:, None].expand(-1, k, *x.shape[1:]).reshape(-1, *x.shape[1:])  # (B*k, ...)
+    rec = log_px_given_z(model, model.decode(z.reshape(-1, cfg.latent_dim)), xr).reshape(-1, k).mean(1)
+    return -(rec - kl_standard_normal(mu, logvar))
+
+
 def report_images(model: VAE, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Reconstructions: a row of originals (binarised for the Bernoulli decoder) over their reconstructions."""
     x = batch[0][:10].to(next(model.parameters()).device)

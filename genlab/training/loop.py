@@ -60,9 +60,28 @@ class StepContext:
 
 
 def load_data(cfg: RunConfig, split: str = "train") -> Dataset:
+    """The run's data: split 'train' (less any data.holdout), 'holdout' or 'test', restricted to data.classes."""
     d = cfg.data
-    return load_dataset(d.name, split, data_dir=d.data_dir, image_size=d.image_size, grayscale=d.grayscale,
-                        toy_size=d.toy_size, seed=cfg.train.seed)
+    if split == "holdout" and not d.holdout > 0:
+        raise UsageError("this run holds no training data out (data.holdout=0); train with data.holdout=0.1")
+    data = load_dataset(d.name, "test" if split == "test" else "train", data_dir=d.data_dir, image_size=d.image_size,
+                        grayscale=d.grayscale, toy_size=d.toy_size, seed=cfg.train.seed)
+    try:
+        if d.classes:
+            data = data.keep_classes(parse_classes(d.classes))
+        if split != "test" and d.holdout > 0:
+            data = data.holdout_split(d.holdout, split)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return data
+
+
+def parse_classes(text: str) -> list[int]:
+    """'0,3' -> [0, 3]."""
+    try:
+        return [int(c) for c in str(text).split(",") if c.strip()]
+    except ValueError:
+        raise UsageError(f"data.classes must be a comma list of integer labels, got '{text}'") from None
 
 
 def fill_data_fields(cfg: RunConfig, data: Dataset) -> None:
@@ -245,6 +264,9 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
         for name, opt in opts.items():
             opt.load_state_dict(optimizer_from_flat(name, ckpt.tensors, ckpt.meta["optimizers"][name]))
         start_step = ckpt.step
+    # ---------------------------------------------------------------- fit (closed-form families: gmm)
+    if hasattr(family, "fit"):  # no optimizers, prepare, EMA or step loop
+        return _fit_run(family, model, data, cfg, out, accelerator, resumed=ckpt is not None)
 
     model, opts = _prepare(accelerator, model, opts)
     raw = _state_module(accelerator, model)  # the same parameters, without DDP wrappers
@@ -346,6 +368,40 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
         save_samples(family, final, cfg, out / "samples" / f"step-{tc.steps:07d}")
         timings = dict(train_s=elapsed, images_per_s=seen / max(elapsed, 1e-9), processes=world) if seen else {}
         _write_status(out, "done", tc.steps, cfg, sample_s=time.time() - t_s, **timings)  # keep timings of a no-op resume
+    accelerator.end_training()
+    return out
+
+
+def _fit_run(family, model: nn.Module, data: Dataset, cfg: RunConfig, out: Path, accelerator, *, resumed: bool) -> Path:
+    """A family with `fit(model, x, y, *, seed)` (the GMM) is fit once on the whole training set, saved as step 1.
+
+    train.steps, the optimizer settings and train.ema_decay do not apply. Samples are written before the
+    checkpoint (the commit record), so a checkpoint means a finished fit and `--resume` does nothing.
+    """
+    if accelerator.num_processes > 1:
+        raise UsageError(f"the {cfg.family} family is fit in closed form in one process; run it without torchrun")
+    if resumed:
+        accelerator.end_training()
+        return out
+    tc = cfg.train
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    _write_status(out, "running", 0, cfg)
+    t0 = time.time()
+    x, y = data.get(torch.arange(len(data)))
+    try:
+        logs = family.fit(model, x, y, seed=tc.seed)
+    except ValueError as e:  # e.g. more components than points, or a covariance scikit-learn cannot invert
+        raise UsageError(str(e)) from None
+    elapsed = time.time() - t0
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1, **logs, "time_s": round(elapsed, 3)}) + "\n")
+    t_s = time.time()
+    save_samples(family, model, cfg, out / "samples" / "step-0000001")
+    sample_s = time.time() - t_s
+    save_checkpoint(out / "checkpoints", 1, family=cfg.family, config=to_dict(cfg), model=model, ema=None,
+                    optimizers={}, extra={"seed": tc.seed, "world_size": 1}, keep=tc.keep_checkpoints)
+    _write_status(out, "done", 1, cfg, sample_s=sample_s, train_s=elapsed, images_per_s=len(data) / max(elapsed, 1e-9),
+                  processes=1)
     accelerator.end_training()
     return out
 
