@@ -216,7 +216,7 @@ def cmd_report(args) -> int:
 
     if not Path(args.run).is_dir():
         raise GenlabError(f"run directory not found: {args.run}")
-    print(write_report(args.run).resolve())
+    print(write_report(args.run, latent_method=args.latent).resolve())
     return 0
 
 
@@ -298,6 +298,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="(re)write RUN/report.html")
     r.add_argument("run")
+    r.add_argument("--latent", default="pca", choices=["pca", "tsne"],
+                   help="2-D projection of latents with more than 2 dimensions (default pca; tsne is slower)")
     r.set_defaults(fn=cmd_report)
     return p
 

@@ -183,3 +183,11 @@ def test_anomaly_cli_errors(tmp_path, capsys):
     assert "data.holdout" in capsys.readouterr().err
     assert run_cli("train", "ae", "--data", "digits", "data.classes=x", "--out", tmp_path / "bad") == 2
     assert "data.classes" in capsys.readouterr().err
+
+
+def test_report_shows_latents_interpolations_and_denoising(oneclass_run):
+    assert run_cli("report", oneclass_run, "--latent", "tsne") == 0
+    html = (oneclass_run / "report.html").read_text()
+    for name in ("latents.png", "interpolations.png", "reconstructions.png", "denoised.png"):
+        assert (oneclass_run / "report" / name).exists() and name in html
+    assert "TSNE of 4-d latents" in html

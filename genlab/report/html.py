@@ -32,11 +32,19 @@ def plot_losses(records: list[dict], path: Path) -> Path | None:
     keys = [k for k in records[0] if k not in ("step", "lr", "time_s")] if records else []
     if not keys:
         return None
+    panels: dict[str, list[str]] = {}  # keys sharing a prefix share a panel: loss_d + loss_g, d_acc_real + d_acc_fake
+    for k in keys:
+        prefix = k.rsplit("_", 1)[0] if "_" in k else k
+        group = prefix if sum(x.rsplit("_", 1)[0] == prefix for x in keys if "_" in x) > 1 else k
+        panels.setdefault(group, []).append(k)
     steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        ax.plot(steps, [r.get(k) for r in records], lw=1)
-        ax.set_title(k)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    for ax, (title, group) in zip(axes[0], panels.items()):
+        for k in group:
+            ax.plot(steps, [r.get(k) for r in records], lw=1, label=k)
+        if len(group) > 1:
+            ax.legend(fontsize=8)
+        ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -46,8 +54,9 @@ def plot_losses(records: list[dict], path: Path) -> Path | None:
     return path
 
 
-def plot_points(points: torch.Tensor, data: torch.Tensor | None, path: Path, title: str) -> Path:
-    """Scatter of 2-D samples over the training data."""
+def plot_points(points: torch.Tensor, data: torch.Tensor | None, path: Path, title: str, modes=None) -> Path:
+    """Scatter of 2-D samples over the training data; `modes` = (means, std) draws each mixture component's
+    centre and its 3-sigma "high quality" circle (the VEEGAN/PacGAN criterion)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,6 +66,11 @@ def plot_points(points: torch.Tensor, data: torch.Tensor | None, path: Path, tit
     if data is not None:
         ax.scatter(data[:, 0], data[:, 1], s=2, c="0.75", label="data")
     ax.scatter(points[:, 0], points[:, 1], s=3, c="tab:red", label="samples")
+    if modes is not None:
+        means, std = modes
+        ax.scatter(means[:, 0], means[:, 1], marker="x", s=30, c="k", lw=1, label="mode centres")
+        for m in means.tolist():
+            ax.add_patch(plt.Circle(m, 3 * std, fill=False, ec="k", lw=0.5))
     ax.set_aspect("equal")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
@@ -78,8 +92,8 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
-def write_report(run_dir: str | Path, *, family_pictures: bool = True) -> Path:
-    """Write RUN/report.html and return its path."""
+def write_report(run_dir: str | Path, *, family_pictures: bool = True, latent_method: str = "pca") -> Path:
+    """Write RUN/report.html and return its path (`latent_method`: pca | tsne for latents of > 2 dims)."""
     from genlab.training.run import load_run
 
     run_dir = Path(run_dir)
@@ -111,10 +125,14 @@ def write_report(run_dir: str | Path, *, family_pictures: bool = True) -> Path:
             from genlab.training.loop import load_data
 
             data = load_data(run.config).x[:5000]
+        from genlab.data.toys import toy_modes
+
+        modes = toy_modes(info.get("data", "")) if info.get("data") in ("ring8", "grid25") else None
         figs = []
         for p in point_files[-4:]:
-            png = plot_points(load_file(str(p))["points"], data, assets / f"{p.stem}-points.png", p.stem)
-            figs.append(_img(png, run_dir, f"samples (red) over data (grey), {p.stem}", 360))
+            png = plot_points(load_file(str(p))["points"], data, assets / f"{p.stem}-points.png", p.stem, modes)
+            extra = ", mode centres (x) with 3-sigma circles" if modes else ""
+            figs.append(_img(png, run_dir, f"samples (red) over data (grey){extra}, {p.stem}", 360))
         sections.append("<h2>Samples</h2>" + "".join(reversed(figs)))
 
     # ---- family pictures (denoising strip, reconstructions, ...)
@@ -127,6 +145,10 @@ def write_report(run_dir: str | Path, *, family_pictures: bool = True) -> Path:
         for name, strip in pictures.items():
             png = save_grid(to_uint8(strip), assets / f"{name}.png")
             sections.append(f"<h2>{html.escape(name.capitalize())}</h2>" + _img(png, run_dir, _CAPTIONS.get(name, name)))
+
+    # ---- latent space (families with encode/decode)
+    if run is not None and family_pictures and hasattr(run.family, "encode") and hasattr(run.family, "decode"):
+        sections.append(_latent_section(run, run_dir, assets, latent_method))
 
     # ---- curves
     loss_png = plot_losses(records, assets / "losses.png")
@@ -157,9 +179,29 @@ def write_report(run_dir: str | Path, *, family_pictures: bool = True) -> Path:
     return out
 
 
+def _latent_section(run, run_dir: Path, assets: Path, method: str, n: int = 2000) -> str:
+    """Test latents in 2-D coloured by class, and interpolation strips between pairs of test images."""
+    from genlab.report.latents import encode_all, interpolations, plot_latents, project_2d
+    from genlab.training.loop import load_data
+
+    data = load_data(run.config, "test")
+    x, y = data.get(torch.arange(min(n, len(data))))
+    z = encode_all(run.family, run.model, x)
+    how = "the latents themselves" if z.shape[1] <= 2 else f"{method.upper()} of {z.shape[1]}-d latents"
+    png = plot_latents(project_2d(z, method), y, data.classes, assets / "latents.png", how)
+    out = "<h2>Latent space</h2>" + _img(png, run_dir, f"{len(x)} test inputs encoded; {how}, coloured by class", 480)
+    if data.is_image:
+        strip = interpolations(run.family, run.model, x[:8], x[8:16])  # (8, 10, C, H, W)
+        png = save_grid(to_uint8(strip), assets / "interpolations.png")
+        out += _img(png, run_dir, "latent interpolation: each row decodes the straight line from one test image's "
+                    "latent (left) to another's (right)")
+    return out
+
+
 _CAPTIONS = {
     "denoising": "DDIM denoising: each row one image, from pure noise x_T (left) to the sample x_0 (right)",
-    "reconstructions": "top: test images; bottom: reconstructions from the posterior mean",
+    "reconstructions": "top: test images; bottom: their reconstructions (posterior mean / nearest codes)",
+    "denoised": "rows: corrupted test images, the denoising AE's outputs, the clean images",
 }
 
 
