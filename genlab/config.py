@@ -37,6 +37,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     warmup_steps: int = 0  # linear learning-rate warm-up from 0
     lr_schedule: str = "constant"  # after warm-up: constant | linear (to 0 at the last step) | cosine (to 0)
+    max_minutes: float = 0.0  # stop early (checkpoint, samples) after this much training time; 0: no limit
     ema_decay: float = 0.999  # EMA of weights used for sampling; 0 disables
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast through Accelerate)
     seed: int = 0  # seeds init, data order and every sample's noise

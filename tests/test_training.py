@@ -120,3 +120,16 @@ def test_lr_schedule_warmup_then_decay():
     assert lr_scale(10, tc) == 1.0 and abs(lr_scale(60, tc) - 0.5) < 1e-12 and lr_scale(109, tc) < 1e-3
     tc.lr_schedule = "constant"
     assert lr_scale(109, tc) == 1.0
+
+
+def test_max_minutes_stops_early_with_a_checkpoint_and_samples(tmp_path):
+    import json
+
+    from conftest import FAST_TRAIN, TINY_VAE, run_cli
+
+    out = tmp_path / "timed"
+    assert run_cli("train", "vae", "--data", "digits", *TINY_VAE, *FAST_TRAIN, "train.steps=100000",
+                   "train.max_minutes=0.000001", "--out", out) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "done" and info["step"] == 1
+    assert (out / "checkpoints" / "step-0000001.json").exists() and (out / "samples" / "step-0000001.png").exists()

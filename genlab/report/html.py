@@ -41,7 +41,7 @@ def plot_losses(records: list[dict], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
     for ax, (title, group) in zip(axes[0], panels.items()):
         for k in group:
-            ax.plot(steps, [r.get(k) for r in records], lw=1, label=k)
+            ax.plot(steps, [r.get(k) for r in records], lw=1, label=k, marker="o" if len(steps) < 3 else None)
         if len(group) > 1:
             ax.legend(fontsize=8)
         ax.set_title(title)

@@ -146,6 +146,14 @@ def _trackers(kind: str):
     return "tensorboard"
 
 
+def _out_of_time(accelerator, t0: float, max_minutes: float) -> bool:
+    """train.max_minutes is spent (decided on the main process, so every process stops at the same step)."""
+    if max_minutes <= 0:
+        return False
+    flag = torch.tensor([float(time.time() - t0 > 60 * max_minutes)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "max").item()) if accelerator.num_processes > 1 else bool(flag.item())
+
+
 def lr_scale(step: int, tc) -> float:
     """Learning-rate multiplier at `step`: linear warm-up from 0, then constant or a decay to 0 at the end."""
     if tc.warmup_steps > 0 and step < tc.warmup_steps:
@@ -288,7 +296,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
     global_batch = micro * world * tc.grad_accum
     pbar = tqdm(range(start_step, tc.steps), initial=start_step, total=tc.steps, disable=not accelerator.is_main_process,
                 desc=f"{cfg.family} on {cfg.data.name}", dynamic_ncols=True)
-    t0, seen = time.time(), 0
+    t0, seen, end_step = time.time(), 0, max(start_step, tc.steps)
     # ---------------------------------------------------------------- step
     for step in pbar:
         scale = lr_scale(step, tc)
@@ -325,8 +333,9 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
         if ema is not None:
             ema.update(raw, step)
         seen += global_batch
+        last = step + 1 == tc.steps or _out_of_time(accelerator, t0, tc.max_minutes)
         # ---------------------------------------------------------------- log
-        if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
+        if (step + 1) % tc.log_every == 0 or last:
             keys = sorted(logs)
             vals = accelerator.reduce(torch.tensor([logs[k] for k in keys], device=accelerator.device, dtype=torch.float64), "mean")
             record = {"step": step + 1, **{k: float(v) for k, v in zip(keys, vals.tolist())},
@@ -342,7 +351,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
         if tc.sample_every and (step + 1) % tc.sample_every == 0 and accelerator.is_main_process:
             save_samples(family, sample_model, cfg, out / "samples" / f"step-{step + 1:07d}")
         # ---------------------------------------------------------------- save
-        if (step + 1) % tc.ckpt_every == 0 or step + 1 == tc.steps:
+        if (step + 1) % tc.ckpt_every == 0 or last:
             if accelerator.is_main_process:
                 save_checkpoint(ckpt_dir, step + 1, family=cfg.family, config=to_dict(cfg),
                                 model=raw, ema=ema.model if ema else None,
@@ -350,7 +359,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
                                 extra={"seed": tc.seed, "world_size": world}, keep=tc.keep_checkpoints)
             accelerator.wait_for_everyone()
         # ---------------------------------------------------------------- evaluate
-        if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == tc.steps):
+        if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or last):
             if accelerator.is_main_process:
                 result = evaluate_model(family, sample_model, cfg, seed=tc.seed)
                 record = {"step": step + 1, **{k: v for k, v in result.items() if k != "protocol"},
@@ -360,14 +369,17 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
                 if accelerator.log_with:
                     accelerator.log({f"eval/{k}": v for k, v in record.items() if isinstance(v, float)}, step=step + 1)
             accelerator.wait_for_everyone()
+        if last:  # the last step, or train.max_minutes ran out
+            end_step = step + 1
+            break
     pbar.close()
     elapsed = time.time() - t0
     if accelerator.is_main_process:
         final = ema.model if ema is not None else raw
         t_s = time.time()
-        save_samples(family, final, cfg, out / "samples" / f"step-{tc.steps:07d}")
+        save_samples(family, final, cfg, out / "samples" / f"step-{end_step:07d}")
         timings = dict(train_s=elapsed, images_per_s=seen / max(elapsed, 1e-9), processes=world) if seen else {}
-        _write_status(out, "done", tc.steps, cfg, sample_s=time.time() - t_s, **timings)  # keep timings of a no-op resume
+        _write_status(out, "done", end_step, cfg, sample_s=time.time() - t_s, **timings)  # keep timings of a no-op resume
     accelerator.end_training()
     return out
 
