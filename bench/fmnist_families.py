@@ -114,7 +114,7 @@ def main() -> None:
     cols = ["fid", "kid", "precision", "recall", "density", "coverage", "cond_acc", "recon_mse", "psnr"]
     lines = [f"# Fashion-MNIST, {args.minutes:g} CPU-minutes of training each (1 thread), protocol fmnist, n = {args.n}",
              "", f"Command: `.venv/bin/python bench/fmnist_families.py --minutes {args.minutes:g} --n {args.n}`. "
-             "FID/KID in fmnist-net feature space (not Inception); with n = 2,000 FID is biased upward.", "",
+             f"FID/KID in fmnist-net feature space (not Inception); with n = {args.n:,} < 10,000 FID is biased upward.", "",
              "| model | steps | train s | " + " | ".join(cols) + " |",
              "| --- | ---: | ---: | " + " | ".join("---:" for _ in cols) + " |"]
     for r in results:
