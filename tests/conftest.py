@@ -35,6 +35,26 @@ def reset_accelerate():
     GradientState._reset_state()
 
 
+class PlainCtx:
+    """The loop's StepContext without Accelerate: plain backward and step (for family unit tests)."""
+
+    def __init__(self, n):
+        from genlab.rng import SampleRNG
+
+        self.rng = SampleRNG(range(n))
+        self.step = 0
+
+    def backward(self, loss):
+        loss.backward()
+
+    def optimizer_step(self, opt, model):
+        opt.step()
+        opt.zero_grad()
+
+    def unwrap(self, model):
+        return model
+
+
 def run_cli(*args) -> int:
     """`genlab ...` in this process (fast), with Accelerate's singletons reset afterwards."""
     from genlab.cli import main

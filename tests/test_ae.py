@@ -6,14 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_TRAIN, run_cli
+from conftest import FAST_TRAIN, PlainCtx, run_cli
 
 import genlab
 from genlab.data import load_dataset
 from genlab.metrics.anomaly import auprc, auroc, confusion, threshold_at_fpr
 from genlab.models import ae, vae
 from genlab.rng import SampleRNG
-from test_families import _Ctx
 
 TINY_AE = ["model.channels=8", "model.latent_dim=4", "model.mlp_hidden=32"]
 
@@ -70,7 +69,7 @@ def test_ae_trains_encodes_decodes_and_refuses_to_sample(kw):
     opts = ae.make_optimizers(model, cfg)
     x = torch.rand(6, *cfg.data_shape) * 2 - 1
     before = [p.detach().clone() for p in model.parameters()]
-    logs = ae.train_step(model, (x, None), opts, _Ctx(6))
+    logs = ae.train_step(model, (x, None), opts, PlainCtx(6))
     assert math.isfinite(logs["loss"])
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     z = ae.encode(model, x)

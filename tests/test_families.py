@@ -4,28 +4,9 @@ import math
 
 import pytest
 import torch
+from conftest import PlainCtx
 
 from genlab.models import FAMILIES, ddpm, vae
-from genlab.rng import SampleRNG
-
-
-class _Ctx:
-    """The loop's StepContext without Accelerate: plain backward and step."""
-
-    def __init__(self, n):
-        self.rng = SampleRNG(range(n))
-        self.step = 0
-
-    def backward(self, loss):
-        loss.backward()
-
-    def optimizer_step(self, opt, model):
-        opt.step()
-        opt.zero_grad()
-
-    def unwrap(self, model):
-        return model
-
 
 CASES = {
     "ddpm-image": (ddpm, dict(data_shape=[1, 8, 8], base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], sample_steps=3)),
@@ -50,7 +31,7 @@ def test_smoke(case):
     x = torch.rand(6, *shape) * 2 - 1
     y = torch.randint(0, 3, (6,)) if getattr(cfg, "class_cond", False) else None
     before = [p.detach().clone() for p in model.parameters()]
-    logs = family.train_step(model, (x, y), opts, _Ctx(6))
+    logs = family.train_step(model, (x, y), opts, PlainCtx(6))
     assert logs["loss"] == logs["loss"] and math.isfinite(logs["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "no parameter moved"
     cond = torch.tensor([0, 1, 2, 0, 1]) if y is not None else None

@@ -3,8 +3,7 @@
 
 import pytest
 import torch
-from conftest import FAST_TRAIN, run_cli, run_torchrun
-from test_families import _Ctx
+from conftest import FAST_TRAIN, PlainCtx, run_cli, run_torchrun
 
 from genlab.models import gan
 from genlab.training.checkpoint import latest_checkpoint
@@ -24,7 +23,7 @@ def test_smoke_every_loss(loss, shape, cond):
     x = torch.rand(6, *shape) * 2 - 1
     y = torch.randint(0, 3, (6,)) if cond else None
     g0 = [p.detach().clone() for p in model["G"].parameters()]
-    logs = gan.train_step(model, (x, y), opts, _Ctx(6))
+    logs = gan.train_step(model, (x, y), opts, PlainCtx(6))
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert any(not torch.equal(a, b) for a, b in zip(g0, model["G"].parameters()))
     s = gan.sample(model, 4, cond=torch.tensor([0, 1, 2, 1]) if cond else None, generator=torch.Generator().manual_seed(0))

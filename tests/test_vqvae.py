@@ -5,31 +5,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST_TRAIN, run_cli
+from conftest import FAST_TRAIN, PlainCtx, run_cli
 
 import genlab
 from genlab.models import vqvae
-from genlab.rng import SampleRNG
 
 TINY = ["model.channels=4", "model.code_dim=4", "model.codebook_size=16", "model.mlp_hidden=16"]
 
 
-class _Ctx:
-    """The loop's StepContext without Accelerate (as in test_families.py)."""
-
-    def __init__(self, n):
-        self.rng = SampleRNG(range(n))
-        self.step = 0
-
-    def backward(self, loss):
-        loss.backward()
-
-    def optimizer_step(self, opt, model):
-        opt.step()
-        opt.zero_grad()
-
-    def unwrap(self, model):
-        return model
 
 
 def _model(**kw):
@@ -44,7 +27,7 @@ def test_smoke_one_step_moves_parameters(kw):
     opts = vqvae.make_optimizers(model, model.cfg)
     x = torch.rand(6, *model.cfg.data_shape) * 2 - 1
     before = [p.detach().clone() for p in model.parameters()]
-    logs = vqvae.train_step(model, (x, None), opts, _Ctx(6))
+    logs = vqvae.train_step(model, (x, None), opts, PlainCtx(6))
     assert set(logs) == {"loss", "rec", "commit", "perplexity", "usage"}
     assert all(math.isfinite(v) for v in logs.values()) and 0 < logs["usage"] <= 1
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "a parameter did not move"
@@ -108,11 +91,11 @@ def test_train_step_restarts_an_unused_code_from_the_batch():
     model.codebook[3] = model.embed_sum[3] = 1e3  # far from every encoder output: never chosen
     x = torch.randn(6, 2)
     z_e = model.encoder(x).detach()
-    vqvae.train_step(model, (x, None), vqvae.make_optimizers(model, model.cfg), _Ctx(6))
+    vqvae.train_step(model, (x, None), vqvae.make_optimizers(model, model.cfg), PlainCtx(6))
     assert torch.isclose(model.codebook[3], z_e, atol=1e-6).all(1).any(), "code 3 is not one of the batch's z_e"
     model = _model(data_shape=[2], codebook_size=4, code_dim=2, restart_threshold=0.0)  # restarts disabled
     model.codebook[3] = model.embed_sum[3] = 1e3
-    vqvae.train_step(model, (x, None), vqvae.make_optimizers(model, model.cfg), _Ctx(6))
+    vqvae.train_step(model, (x, None), vqvae.make_optimizers(model, model.cfg), PlainCtx(6))
     assert torch.allclose(model.codebook[3], torch.tensor(1e3), rtol=1e-3)  # an unused code's average stays put
 
 
@@ -126,7 +109,7 @@ def test_codebook_loss_moves_codes_toward_encoder_outputs():
         return (z_e - model.embed(idx)).pow(2).mean().item()
 
     before = distance()
-    vqvae.train_step(model, (x, None), vqvae.make_optimizers(model, model.cfg), _Ctx(8))
+    vqvae.train_step(model, (x, None), vqvae.make_optimizers(model, model.cfg), PlainCtx(8))
     assert distance() < before
 
 
