@@ -22,8 +22,9 @@ from genlab.rng import derive_seed
 
 
 @torch.no_grad()
-def score(run, x: torch.Tensor, *, seed: int = 0, batch_size: int = 500, progress: bool = True) -> torch.Tensor:
-    """Anomaly scores (N,) float64 of float inputs x, in fixed chunks seeded by (seed, chunk index)."""
+def score(run, x: torch.Tensor, *, seed: int = 0, batch_size: int = 500, progress: bool = True, **opts) -> torch.Tensor:
+    """Anomaly scores (N,) float64 of float inputs x, in fixed chunks seeded by (seed, chunk index); `opts` go to
+    the family's anomaly_score (e.g. k, the VAE's number of posterior samples)."""
     from tqdm.auto import tqdm
 
     fn = getattr(run.family, "anomaly_score", None)
@@ -33,7 +34,7 @@ def score(run, x: torch.Tensor, *, seed: int = 0, batch_size: int = 500, progres
     out = []
     for i, start in enumerate(tqdm(range(0, len(x), batch_size), desc="scoring", disable=not progress or len(x) <= batch_size)):
         g = torch.Generator().manual_seed(derive_seed(seed, "anomaly", i))
-        out.append(fn(run.model, x[start : start + batch_size], generator=g).double().cpu())
+        out.append(fn(run.model, x[start : start + batch_size], generator=g, **opts).double().cpu())
     return torch.cat(out)
 
 
