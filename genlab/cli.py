@@ -137,7 +137,7 @@ def _load_images(path: Path):
 
 def _print_table(rows: list[tuple[str, dict]]) -> None:
     keys = [k for k in ("fid", "kid", "is", "precision", "recall", "density", "coverage", "cond_acc", "classes_covered",
-                        "class_reverse_kl") if any(k in r for _, r in rows)]
+                        "class_reverse_kl", "nll_nats", "bits_per_dim") if any(k in r for _, r in rows)]
     width = max(len(name) for name, _ in rows)
     print(f"{'':{width}}  {'n':>6}  " + "  ".join(f"{k:>10}" for k in keys))
     for name, r in rows:
@@ -173,9 +173,12 @@ def cmd_eval(args) -> int:
             images = _load_images(target)
             p = get_protocol(pname)
             images = images[: args.n] if args.n else images
+            if "nll" in names:
+                raise ValueError("'nll' needs a run (a model with a likelihood), not a folder of images")
             result = evaluate(images, None, protocol=p, metrics=[m for m in names if m != "acc"], seed=args.seed)
             label = target.name
-        base = floor(pname, metrics=names, seed=args.seed)
+        sample_metrics = [m for m in names if m != "nll"]  # nll is of the model, not of samples
+        base = floor(pname, metrics=sample_metrics, seed=args.seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
     p = get_protocol(pname)
@@ -275,7 +278,8 @@ def make_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run, a folder of PNGs or an .npz of images under a protocol")
     e.add_argument("target", help="run directory, folder of PNGs, FILE.npz, or 'data' for the data-vs-data floor only")
     e.add_argument("--protocol", help="fmnist | digits | mnist (default: the run's dataset; fmnist otherwise)")
-    e.add_argument("--metrics", default="fid,kid,is,pr,dc,acc", help="comma list of fid,kid,is,pr,dc,acc,modes")
+    e.add_argument("--metrics", default="fid,kid,is,pr,dc,acc", help="comma list of fid,kid,is,pr,dc,acc,modes,nll "
+                   "(nll: the run's test-set likelihood in nats and bits/dim, for vae and gmm)")
     e.add_argument("--n", type=_positive_int, help="number of generated samples (default: the protocol's)")
     e.add_argument("--steps", type=_positive_int, help="sampler steps when sampling a run")
     e.add_argument("--seed", type=int, default=0)

@@ -166,3 +166,19 @@ def test_latent_gmm_on_a_trained_vae(tmp_path, capsys):
     assert "was trained on data of shape [1, 8, 8], not [2]" in capsys.readouterr().err
     assert run_cli("train", "gmm", "--data", "digits", f"model.autoencoder={tmp_path}", "--out", tmp_path / "bad") == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_eval_cli_reports_test_likelihood_in_bits_per_dim(tmp_path, capsys):
+    from genlab.data import load_dataset
+
+    out = tmp_path / "gmm-digits"
+    assert run_cli("train", "gmm", "--data", "digits", "model.n_components=3", "model.covariance_type=diag",
+                   "model.reg_covar=1e-3", "train.trackers=none", "--out", out) == 0
+    assert run_cli("eval", out, "--metrics", "fid,nll", "--n", "200", "--json", tmp_path / "r.json") == 0
+    assert "bits_per_dim" in capsys.readouterr().out
+    r = json.loads((tmp_path / "r.json").read_text())["result"]
+    run = genlab.load(out)
+    test = load_dataset("digits", "test")
+    ll = gmm.log_likelihood(run.model, test.get(torch.arange(len(test)))[0]).mean()
+    assert r["nll_nats"] == pytest.approx(-ll.item(), rel=1e-9)
+    assert r["bits_per_dim"] == pytest.approx(float(bits_per_dim(ll, 64)), rel=1e-9)

@@ -23,7 +23,7 @@ from genlab.metrics.kid import kid
 from genlab.metrics.mode_coverage import class_coverage
 from genlab.metrics.prdc import prdc_ks
 
-METRICS = ("fid", "kid", "is", "pr", "dc", "acc", "modes")
+METRICS = ("fid", "kid", "is", "pr", "dc", "acc", "modes", "nll")  # nll: test-set likelihood (models with one)
 
 
 @dataclass(frozen=True)

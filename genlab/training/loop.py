@@ -215,12 +215,37 @@ def evaluate_model(family, model, cfg: RunConfig, *, protocol: str = "", n: int 
     except ValueError as e:
         raise UsageError(str(e)) from None
     n = n or cfg.eval.n or p.n
+    extra = test_likelihood(family, model, cfg, seed=seed) if "nll" in names else {}
+    names = tuple(m for m in names if m != "nll")
     conditional = bool(getattr(cfg.model, "class_cond", False))
     images, labels = sample_for_eval(family, model, n, seed=seed, num_classes=cfg.model.num_classes if conditional else 0,
                                      steps=steps or cfg.eval.sample_steps or None)
     if not conditional:
         names = tuple(m for m in names if m != "acc")
-    return evaluate(images, None, protocol=p, metrics=names, labels=labels)
+    return {**evaluate(images, None, protocol=p, metrics=names, labels=labels), **extra}
+
+
+@torch.no_grad()
+def test_likelihood(family, model, cfg: RunConfig, *, seed: int = 0, chunk: int = 500) -> dict:
+    """Mean log-likelihood of the run's test split: {"nll_nats": per example, "bits_per_dim": ...}."""
+    from genlab.metrics.likelihood import bits_per_dim
+
+    if not hasattr(family, "log_likelihood"):
+        raise UsageError(f"the {cfg.family} family has no likelihood; drop 'nll' from the metrics")
+    data = load_data(cfg, "test")
+    ll = []
+    for i, start in enumerate(range(0, len(data), chunk)):
+        x, _ = data.get(torch.arange(start, min(start + chunk, len(data))))
+        try:
+            kw = {"generator": torch.Generator().manual_seed(derive_seed(seed, "nll", i))}
+            if "generator" not in inspect.signature(family.log_likelihood).parameters:
+                kw = {}
+            ll.append(family.log_likelihood(model, x, **kw).double())
+        except ValueError as e:  # e.g. a GMM on latents models p(z), not p(x)
+            raise UsageError(str(e)) from None
+    ll = torch.cat(ll)
+    dims = math.prod(data.shape)
+    return {"nll_nats": -ll.mean().item(), "bits_per_dim": float(bits_per_dim(ll.mean(), dims))}
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> Path:
