@@ -208,7 +208,7 @@ def cmd_list(args) -> int:
     for name, fam in FAMILIES.items():
         doc = (fam.__doc__ or "").strip().splitlines()[0]
         print(f"  {name:8s} {doc}")
-        print(f"  {'':8s} samplers: {', '.join(fam.SAMPLERS)}")
+        print(f"  {'':8s} samplers: {', '.join(fam.SAMPLERS) or 'none (no prior: reconstructs, encodes, scores)'}")
     print("datasets:\n  " + ", ".join(DATASETS))
     print("presets (configs/, use --config NAME):\n  " + ", ".join(_presets()))
     return 0
