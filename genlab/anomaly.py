@@ -1,6 +1,7 @@
 """`genlab anomaly RUN`: score images with a trained model's `anomaly_score` (AE: reconstruction error; VAE:
-negative ELBO), pick a threshold, and report AUROC, AUPRC and the confusion matrix at the threshold, with a
-picture of the most and least anomalous images and their reconstructions.
+negative ELBO; GMM: -log density, of the latents for a GMM on an autoencoder), pick a threshold, and report
+AUROC, AUPRC and the confusion matrix at the threshold, with a picture of the most and least anomalous images
+and their reconstructions (for models that reconstruct).
 
 Labels: a test image is normal when its class is one of `normal` (by default the run's `data.classes`, the
 classes it was trained on) and anomalous otherwise. The threshold is given, or calibrated to a target
@@ -30,7 +31,7 @@ def score(run, x: torch.Tensor, *, seed: int = 0, batch_size: int = 500, progres
     fn = getattr(run.family, "anomaly_score", None)
     if fn is None:
         name = run.family.__name__.rsplit(".", 1)[-1]
-        raise UsageError(f"the {name} family has no anomaly_score; use an ae or vae run")
+        raise UsageError(f"the {name} family has no anomaly_score; use an ae, vae or gmm run")
     out = []
     for i, start in enumerate(tqdm(range(0, len(x), batch_size), desc="scoring", disable=not progress or len(x) <= batch_size)):
         g = torch.Generator().manual_seed(derive_seed(seed, "anomaly", i))

@@ -189,6 +189,16 @@ def log_likelihood(model: GMM, x: torch.Tensor) -> torch.Tensor:
     return ll
 
 
+@torch.no_grad()
+def anomaly_score(model: GMM, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """-log p (B,) in nats: of the autoencoder's latents z = encode(x) for a latent GMM, of x itself otherwise.
+
+    A density in latent space is a strong one-class anomaly score: an autoencoder also reconstructs many
+    anomalies well, but encodes them away from where the normal data's latents lie (bench/one_class.py).
+    """
+    return -log_prob(model, features(model, x))
+
+
 def _scale_noise(model: GMM, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """A eps with A A^T = Sigma_k (Cholesky factor of the covariance), for eps (B, D) and components k (B,)."""
     ct, cov = model.cfg.covariance_type, model.covariances
