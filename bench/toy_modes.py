@@ -63,6 +63,12 @@ def run_one(row: str, data: str, seed: int, steps: int | None, work: Path) -> di
     return {"row": row, "data": data, "seed": seed, "train_s": seconds, **toy_mode_coverage(x, means, std)}
 
 
+def _done_keys(log: Path, steps) -> set:
+    if not log.exists():
+        return set()
+    return {(r["row"], r["data"], r["seed"]) for r in map(json.loads, log.read_text().splitlines()) if r.get("steps") == steps}
+
+
 def summarise(records: list[dict]) -> dict:
     table: dict = {}
     for r in records:
@@ -81,7 +87,8 @@ def summarise(records: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma list; several processes may share one log "
+                    "(each skips runs the others finished), e.g. the same rows in reverse order")
     ap.add_argument("--data", default="ring8,grid25")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--steps", type=int, help="override every preset's train.steps (shorter smoke runs)")
@@ -100,7 +107,7 @@ def main() -> None:
     for data in args.data.split(","):
         for row in rows:
             for seed in range(args.seeds):
-                if (row, data, seed) in have:
+                if (row, data, seed) in have | _done_keys(log, args.steps):  # another process may have done it
                     continue
                 rec = {**run_one(row, data, seed, args.steps, work), "steps": args.steps}
                 print(f"[toy_modes] {row:12s} {data:7s} seed {seed}: {rec['modes']} modes, "
@@ -108,7 +115,9 @@ def main() -> None:
                 with open(log, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 done.append(rec)
-    records = [r for r in done if r.get("steps") == args.steps and r["row"] in rows]
+    done = [json.loads(line) for line in log.read_text().splitlines()]  # with other processes' records
+    unique = {(r["row"], r["data"], r["seed"], r.get("steps")): r for r in done}  # a run done twice counts once
+    records = [r for r in unique.values() if r.get("steps") == args.steps and r["row"] in rows]
     summary = summarise(records)
     (out / "toy_modes.json").write_text(json.dumps({"steps_override": args.steps, "summary": summary}, indent=1))
     lines = ["# Mode collapse on 2-D toys (VEEGAN/PacGAN protocol)", "",
