@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--data", default="ring8,grid25")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--steps", type=int, help="override every preset's train.steps (shorter smoke runs)")
+    ap.add_argument("--summary-only", action="store_true", help="train nothing; tabulate the runs in the log")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--work-dir", default=str(ROOT / "runs" / "bench-toy-modes"))
     args = ap.parse_args()
@@ -107,7 +108,7 @@ def main() -> None:
     for data in args.data.split(","):
         for row in rows:
             for seed in range(args.seeds):
-                if (row, data, seed) in have | _done_keys(log, args.steps):  # another process may have done it
+                if args.summary_only or (row, data, seed) in have | _done_keys(log, args.steps):  # done elsewhere
                     continue
                 rec = {**run_one(row, data, seed, args.steps, work), "steps": args.steps}
                 print(f"[toy_modes] {row:12s} {data:7s} seed {seed}: {rec['modes']} modes, "
