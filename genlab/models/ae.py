@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, feature_sizes, mlp
+from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, decoder_mean, feature_sizes, mlp
 from genlab.rng import SampleRNG
 
 SAMPLERS = ()  # no prior: see the module docstring
@@ -111,12 +111,6 @@ def train_step(model, batch, opts, ctx) -> dict[str, float]:
     return {"loss": loss.item()}
 
 
-def _output(cfg: Config, out: torch.Tensor) -> torch.Tensor:
-    if cfg.loss == "bce":
-        return torch.sigmoid(out) * 2 - 1
-    return out.clamp(-1, 1) if len(cfg.data_shape) == 3 else out
-
-
 @torch.no_grad()
 def encode(model: AE, x: torch.Tensor) -> torch.Tensor:
     """Latents z (B, latent_dim) of clean inputs."""
@@ -126,7 +120,7 @@ def encode(model: AE, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def decode(model: AE, z: torch.Tensor) -> torch.Tensor:
     """Reconstructions for latents z, as images in [-1, 1] (or points)."""
-    return _output(model.cfg, model.decoder(z))
+    return decoder_mean(model.decoder(z), logits=model.cfg.loss == "bce")
 
 
 @torch.no_grad()

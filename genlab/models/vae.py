@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, feature_sizes, mlp
+from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, decoder_mean, feature_sizes, mlp
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)
@@ -117,12 +117,6 @@ def train_step(model, batch, opts, ctx) -> dict[str, float]:
     return {"loss": loss.item(), "rec": -rec.mean().item(), "kl": kl.mean().item()}
 
 
-def _mean_image(cfg: Config, out: torch.Tensor) -> torch.Tensor:
-    if cfg.decoder == "bernoulli":
-        return torch.sigmoid(out) * 2 - 1
-    return out.clamp(-1, 1) if len(cfg.data_shape) == 3 else out
-
-
 @torch.no_grad()
 def encode(model: VAE, x: torch.Tensor) -> torch.Tensor:
     """Posterior means mu(x) (B, latent_dim)."""
@@ -132,7 +126,7 @@ def encode(model: VAE, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def decode(model: VAE, z: torch.Tensor) -> torch.Tensor:
     """Decoder means for latents z, as images in [-1, 1] (or points)."""
-    return _mean_image(model.cfg, model.decode(z))
+    return decoder_mean(model.decode(z), logits=model.cfg.decoder == "bernoulli")
 
 
 @torch.no_grad()

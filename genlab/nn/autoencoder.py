@@ -55,3 +55,11 @@ def mlp(d_in: int, hidden: int, d_out: int, layers: int = 2) -> nn.Sequential:
         mods += [nn.Linear(d, hidden), nn.SiLU()]
         d = hidden
     return nn.Sequential(*mods, nn.Linear(d, d_out))
+
+
+def decoder_mean(out: torch.Tensor, *, logits: bool) -> torch.Tensor:
+    """A decoder's output as data: Bernoulli logits -> sigmoid mapped to [-1, 1]; values -> clamped for images
+    (B, C, H, W), unchanged for points."""
+    if logits:
+        return torch.sigmoid(out) * 2 - 1
+    return out.clamp(-1, 1) if out.dim() == 4 else out
