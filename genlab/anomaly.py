@@ -43,7 +43,7 @@ def detect(run, *, data: str = "", split: str = "test", normal: list[int] | None
            fpr: float = 0.05, out_dir: str | Path | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Score `data` (default: the run's dataset) and write RUN/anomaly/<data>-<split>.{json,png}; returns the JSON."""
     from genlab.data import load_dataset
-    from genlab.training.loop import load_data, parse_classes
+    from genlab.training.data import load_data, parse_classes
 
     cfg = run.config
     name = data or cfg.data.name
@@ -57,8 +57,20 @@ def detect(run, *, data: str = "", split: str = "test", normal: list[int] | None
         raise UsageError(str(e)) from None
     if test.y is None:
         raise UsageError(f"'{name}' has no labels, so nothing says which images are anomalous")
-    if list(test.shape) != list(cfg.model.data_shape):
-        raise UsageError(f"'{name}' images are {test.shape}, the model takes {cfg.model.data_shape}")
+    k = test.num_classes
+    bad = [c for c in normal if not 0 <= c < k]
+    if bad:
+        names = ", ".join(f"{i} {c}" for i, c in enumerate(test.classes))
+        raise UsageError(f"--normal: no class {', '.join(map(str, bad))} in '{name}'; its classes are 0..{k - 1} "
+                         f"({names}), e.g. --normal 0")
+    if set(normal) >= set(range(k)):
+        raise UsageError(f"--normal names every class of '{name}' (0..{k - 1}), so no image is anomalous; "
+                         f"leave out at least one class")
+    if threshold is None and not cfg.data.holdout > 0:
+        raise UsageError("no threshold: pass --threshold T, or train with data.holdout=0.1 so --fpr can "
+                         "calibrate one on held-out normal images")
+    if list(test.shape) != list(run.spec.shape):
+        raise UsageError(f"'{name}' images are {test.shape}, the model takes {list(run.spec.shape)}")
     x, y = test.get(torch.arange(len(test)))
     labels = (~torch.isin(y, torch.tensor(normal))).long()  # 1 = anomalous
     scores = score(run, x, seed=seed, progress=progress)
@@ -66,9 +78,6 @@ def detect(run, *, data: str = "", split: str = "test", normal: list[int] | None
               "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()),
               "auroc": auroc(scores, labels), "auprc": auprc(scores, labels)}
     if threshold is None:
-        if not cfg.data.holdout > 0:
-            raise UsageError("no threshold: pass --threshold T, or train with data.holdout=0.1 so --fpr can "
-                             "calibrate one on held-out normal images")
         held = load_data(cfg, "holdout")
         held_x, _ = held.get(torch.arange(len(held)))
         threshold = threshold_at_fpr(score(run, held_x, seed=seed + 1, progress=progress), fpr)

@@ -32,35 +32,68 @@ def _resolve_config(arg: str) -> Path:
     raise unknown("preset", arg, _presets())
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, section by section (values `over` sets win; the rest stays `base`'s)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
 def cmd_train(args) -> int:
-    from genlab.config import build_run_config, dump_yaml, load_yaml, parse_overrides, set_dotted
+    from genlab.config import build_run_config, check, dump_yaml, load_yaml, parse_overrides, set_dotted
     from genlab.data import DATASETS
     from genlab.models import get_family
 
     family = get_family(args.family)
     raw = load_yaml(_resolve_config(args.config)) if args.config else {}
-    cfg = build_run_config(args.family, family.Config, raw)
-    if args.data:
-        cfg.data.name = args.data
-    if args.data_dir:
-        cfg.data.data_dir = args.data_dir
-    for k, v in parse_overrides(args.overrides):
-        set_dotted(cfg, k, v)
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
+
+    def resolve(raw: dict):
+        cfg = build_run_config(args.family, family.Config, raw)
+        if args.data:
+            cfg.data.name = args.data
+        if args.data_dir:
+            cfg.data.data_dir = args.data_dir
+        for k, v in parse_overrides(args.overrides):
+            set_dotted(cfg, k, v)
+        return cfg
+
+    cfg = resolve(raw)
     name = cfg.data.name
+    out = Path(args.out or f"runs/{args.family}-{name.replace(':', '-').replace('/', '-')}")
+    resumed = args.resume and (out / "config.yaml").is_file()
+    if resumed:  # the run's own values, except what this command sets (its --config file, --data, overrides)
+        base = load_yaml(out / "config.yaml")
+        base["model"] = {k: v for k, v in (base.get("model") or {}).items() if k not in ("data_shape", "num_classes")}
+        cfg = resolve(_merge(base, raw))
+        name = cfg.data.name
     if not (name in DATASETS or name.startswith("folder:")):
         raise unknown("dataset", name, DATASETS)
-    if args.family == "ddpm" and cfg.model.sampler not in family.SAMPLERS:
-        raise unknown("sampler", cfg.model.sampler, family.SAMPLERS)
-    out = Path(args.out or f"runs/{args.family}-{name.replace(':', '-').replace('/', '-')}")
-    resumed = args.resume and (out / "config.yaml").exists()
+    check(cfg)
     if args.dry_run:
+        from genlab.data import check_needs
+        from genlab.training.data import load_data
+
+        spec = load_data(cfg).spec
+        needs = family.needs(cfg.model)
+        try:
+            check_needs(args.family, needs, spec)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         print(f"# would train '{args.family}' on '{name}' into {out}{' (resuming)' if resumed else ''}")
+        print(f"# data: {spec.describe()}")
+        print(f"# the family uses: {', '.join(needs)}")
+        for dep in getattr(family, "DEPS", ()):
+            if getattr(cfg.model, dep):
+                print(f"# depends on: model.{dep}={getattr(cfg.model, dep)}")
         print(dump_yaml(cfg), end="")
         return 0
     from genlab.report import write_report
     from genlab.training.loop import train
 
-    run_dir = train(cfg, out, resume=args.resume)
+    run_dir = train(cfg, out, resume=args.resume, command=args.command_line)
     if int(os.environ.get("RANK", "0")) == 0:
         report = write_report(run_dir)
         print(f"done: {run_dir}\nreport: {report.resolve()}")
@@ -79,11 +112,12 @@ def cmd_sample(args) -> int:
         raise unknown(f"sampler for {run.family_name}", args.sampler, run.family.SAMPLERS)
     cond = None
     if args.cls is not None:
-        if not getattr(run.config.model, "class_cond", False):
+        if "y" not in run.family.needs(run.config.model):
             raise UsageError(f"--class needs a class-conditional model; {args.run} was trained without labels")
-        cond = torch.full((args.n,), args.cls, dtype=torch.long)
+        cond = {"y": torch.full((args.n,), args.cls, dtype=torch.long)}
     try:
-        x = run.sample(args.n, seed=args.seed, cond=cond, sampler=args.sampler, steps=args.steps, eta=args.eta)
+        x = run.sample(args.n, seed=args.seed, cond=cond, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                       progress=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
     out = Path(args.out or Path(args.run) / "samples" / f"sample-seed{args.seed}.png")
@@ -107,17 +141,30 @@ def cmd_sample(args) -> int:
 
 
 def _load_images(path: Path):
-    """uint8 (N, C, H, W) from a folder of PNGs or an .npz file (array 'images', or its only array)."""
+    """uint8 (N, C, H, W) from a folder of PNGs, or an .npz file's array (N, C, H, W) or (N, H, W, C) named
+    'images' (or its only array); float arrays keep their dtype (their value range is read by `evaluate`)."""
     import numpy as np
     import torch
 
     from genlab.data.png import load_png
 
+    accepted = "a run directory, a folder of PNG files, or an .npz file of uint8 images (N, C, H, W) named 'images'"
+    if not path.exists():
+        raise GenlabError(f"{path} not found; genlab eval takes {accepted}")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.png"))
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".png" and p.is_file())
         if not files:
-            raise GenlabError(f"no PNG files under {path}")
-        return torch.stack([load_png(f) for f in files])
+            raise GenlabError(f"no PNG files under {path}; genlab eval takes {accepted}")
+        images = [load_png(f) for f in files]
+        shapes: dict[tuple, list[Path]] = {}
+        for f, im in zip(files, images):
+            shapes.setdefault(tuple(im.shape), []).append(f)
+        if len(shapes) > 1:
+            found = "; ".join(f"{len(fs)} of {'x'.join(map(str, s))} (e.g. {fs[0]})"
+                              for s, fs in sorted(shapes.items(), key=lambda kv: -len(kv[1])))
+            raise GenlabError(f"the PNG files under {path} differ in size (C x H x W): {found}; "
+                              f"evaluate one size at a time, resized to the protocol's")
+        return torch.stack(images)
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -125,14 +172,14 @@ def _load_images(path: Path):
                 if key is None:
                     raise GenlabError(f"{path} holds several arrays ({', '.join(z.files)}); name the images 'images'")
                 a = z[key]
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:
             raise GenlabError(f"cannot read {path}: {e}") from None
         if a.ndim == 3:
             a = a[:, None]
         if a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
             a = a.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
         return torch.from_numpy(np.ascontiguousarray(a))
-    raise GenlabError(f"cannot evaluate {path}: expected a run directory, a folder of PNGs or an .npz file")
+    raise GenlabError(f"cannot evaluate {path}: expected {accepted}")
 
 
 def _print_table(rows: list[tuple[str, dict]]) -> None:
@@ -148,55 +195,98 @@ def _print_table(rows: list[tuple[str, dict]]) -> None:
         print(f"{name:{width}}  " + "  ".join(cells))
 
 
+def _json_target(text: str | None) -> Path | None:
+    """The --json file, checked before any work is done: not a folder, and its folder can be created."""
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_dir():
+        raise GenlabError(f"--json {path} is a folder; give a file name, e.g. --json {path / 'eval.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GenlabError(f"--json {path}: cannot create its folder {path.parent} ({e.strerror})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise GenlabError(f"--json {path}: not writable; choose a file in a folder you can write to")
+    return path
+
+
 def cmd_eval(args) -> int:
     import json
+    import warnings
 
-    from genlab.metrics.protocols import evaluate, floor, get_protocol, parse_metrics, protocol_for_dataset
+    from genlab.metrics.protocols import (
+        EvalWarning,
+        evaluate,
+        floor,
+        get_protocol,
+        parse_metrics,
+        protocol_for_dataset,
+    )
 
     target = Path(args.target)
+    json_path = _json_target(args.json)
     run = None
-    try:
-        names = parse_metrics(args.metrics)
-        if (target / "checkpoints").is_dir():
-            from genlab.training.loop import evaluate_model
-            from genlab.training.run import load_run
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EvalWarning)
+        try:
+            names = parse_metrics(args.metrics)
+            if (target / "checkpoints").is_dir():
+                from genlab.training.evaluation import evaluate_model
+                from genlab.training.run import load_run
 
-            run = load_run(target)
-            pname = args.protocol or run.config.eval.protocol or protocol_for_dataset(run.config.data.name)
-            result = evaluate_model(run.family, run.model, run.config, protocol=pname, n=args.n or get_protocol(pname).n,
-                                    metrics=",".join(names), steps=args.steps or 0, seed=args.seed)
-            label = f"{run.family_name} @ step {run.step}"
-        elif args.target == "data":
-            pname, result, label = args.protocol or "fmnist", None, None
-        else:
-            pname = args.protocol or "fmnist"
-            images = _load_images(target)
-            p = get_protocol(pname)
-            images = images[: args.n] if args.n else images
-            if "nll" in names:
-                raise ValueError("'nll' needs a run (a model with a likelihood), not a folder of images")
-            result = evaluate(images, None, protocol=p, metrics=[m for m in names if m != "acc"], seed=args.seed)
-            label = target.name
-        sample_metrics = [m for m in names if m != "nll"]  # nll is of the model, not of samples
-        base = floor(pname, metrics=sample_metrics, seed=args.seed)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+                run = load_run(target)
+                pname = args.protocol or run.config.eval.protocol or protocol_for_dataset(run.config.data.name)
+                result = evaluate_model(run.family, run.model, run.config, protocol=pname,
+                                        n=args.n or get_protocol(pname).n, metrics=",".join(names),
+                                        steps=args.steps or 0, seed=args.seed)
+                label = f"{run.family_name} @ step {run.step}"
+            elif args.target == "data":
+                pname, result, label = args.protocol or "fmnist", None, None
+            else:
+                pname = args.protocol or "fmnist"
+                images = _load_images(target)
+                p = get_protocol(pname)
+                images = images[: args.n] if args.n else images
+                if "nll" in names:
+                    raise ValueError("'nll' needs a run (a model with a likelihood), not a folder of images")
+                result = evaluate(images, None, protocol=p, metrics=[m for m in names if m != "acc"], seed=args.seed,
+                                  value_range=args.range)
+                label = target.name
+            sample_metrics = [m for m in names if m != "nll"]  # nll is of the model, not of samples
+            # the floor at the generated side's n: P/R/D/C and FID of real data move with n
+            n = result["protocol"]["n_fake"] if result else args.n or get_protocol(pname).n
+            base = floor(pname, metrics=sample_metrics, seed=args.seed, n=n)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, EvalWarning)):
+        print(f"genlab: warning: {message}", file=sys.stderr)
+    for w in caught:  # anything else is shown as Python would have
+        if not issubclass(w.category, EvalWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     p = get_protocol(pname)
     rows = [(f"data vs data ({p.floor_split} vs {p.split})", base)] + ([(label, result)] if result else [])
     print(f"protocol {p.name}: generated (n) vs {base['protocol']['n_real']} images of {p.dataset}/{p.split} through {p.extractor} "
           f"(sha256 {base['protocol']['extractor_sha256'][:12]}), KID {p.kid_subsets}x{p.kid_subset_size}, "
           f"P&R k={p.pr_k}, D&C k={p.dc_k}")
+    n_floor, n_fake = base["protocol"]["n_fake"], result["protocol"]["n_fake"] if result else None
+    same = ("the same n as the generated images" if n_floor == n_fake else
+            f"all there are, fewer than the {n_fake} generated images" if result else "")
+    print(f"data vs data: n = {n_floor} images of {p.dataset}/{p.floor_split}" + (f", {same}" if same else "")
+          + (f" (the protocol's n is {p.n})" if n_floor != p.n else ""))
     _print_table(rows)
     payload = {"floor": base, **({"result": result, "target": str(target)} if result else {})}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=1))
-        print(f"wrote {args.json}")
+    if json_path:
+        try:
+            json_path.write_text(json.dumps(payload, indent=1))
+        except OSError as e:
+            raise GenlabError(f"cannot write --json {json_path}: {e.strerror}") from None
+        print(f"wrote {json_path}")
     if run is not None and result:
-        record = {"step": run.step, **{k: v for k, v in result.items() if k != "protocol"}, "protocol": p.name,
-                  "n": result["protocol"]["n_fake"]}
-        with open(target / "eval.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        from genlab.training.evaluation import eval_record
+        from genlab.training.runfiles import append_jsonl
+
+        append_jsonl(target / "eval.jsonl", eval_record(run.step, result, base))
     return 0
 
 
@@ -209,7 +299,11 @@ def cmd_list(args) -> int:
         doc = (fam.__doc__ or "").strip().splitlines()[0]
         print(f"  {name:8s} {doc}")
         print(f"  {'':8s} samplers: {', '.join(fam.SAMPLERS) or 'none (no prior: reconstructs, encodes, scores)'}")
-    print("datasets:\n  " + ", ".join(DATASETS))
+    from genlab.data import DATASET_CONDITIONS
+
+    print("datasets (and the conditions they carry beside x):")
+    for name in DATASETS:
+        print(f"  {name:14s} {', '.join(DATASET_CONDITIONS.get(name, ())) or '-'}")
     print("presets (configs/, use --config NAME):\n  " + ", ".join(_presets()))
     return 0
 
@@ -235,17 +329,34 @@ def _positive_int(text: str) -> int:
 
 def cmd_anomaly(args) -> int:
     from genlab.anomaly import detect, format_result
-    from genlab.training.loop import parse_classes
     from genlab.training.run import load_run
 
     if not 0 <= args.fpr <= 1:
         raise UsageError(f"--fpr must be in [0, 1], got {args.fpr}")
+    normal = None
+    if args.normal:
+        try:
+            normal = [int(c) for c in args.normal.split(",") if c.strip()]
+        except ValueError:
+            msg = f"--normal takes a comma list of class numbers, e.g. 0 or 0,6; got '{args.normal}'"
+            raise UsageError(msg) from None
     run = load_run(args.run)
-    normal = parse_classes(args.normal) if args.normal else None
     result = detect(run, data=args.data or "", split=args.split, normal=normal, threshold=args.threshold,
                     fpr=args.fpr, out_dir=args.out, seed=args.seed)
     print(format_result(result))
     return 0
+
+
+def _threads(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 1, got '{text}'")
+    return text
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, default="auto",
+                   help="CPU threads for torch: a number, or auto (default): the cores idle right now, so a busy "
+                        "machine does not slow every step several-fold (see genlab/threads.py)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -262,6 +373,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=200 model.lr=1e-3")
     t.set_defaults(fn=cmd_train)
+    for cmd in (t,):
+        _threads_option(cmd)
 
     s = sub.add_parser("sample", help="sample from a trained run")
     s.add_argument("run", help="run directory")
@@ -274,17 +387,28 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--out", help="FILE.png for a grid, or a DIR for one PNG per sample")
     s.set_defaults(fn=cmd_sample)
+    _threads_option(s)
 
-    e = sub.add_parser("eval", help="evaluate a run, a folder of PNGs or an .npz of images under a protocol")
+    e = sub.add_parser("eval", help="evaluate a run, a folder of PNGs or an .npz of images under a protocol",
+                       description="Evaluate a run, a folder of PNGs or an .npz of images under a protocol, beside the "
+                       "data-vs-data row (train images against the reference split, at the same n). An .npz holds "
+                       "uint8 images, taken as they are, or float images whose value range is read from the values: "
+                       "any value below -0.025 means [-1, 1]; else all <= 1.025 means [0, 1]; else "
+                       "[0, 255] (a note says so). Pass --range to say which, or save uint8.")
     e.add_argument("target", help="run directory, folder of PNGs, FILE.npz, or 'data' for the data-vs-data floor only")
     e.add_argument("--protocol", help="fmnist | digits | mnist (default: the run's dataset; fmnist otherwise)")
     e.add_argument("--metrics", default="fid,kid,is,pr,dc,acc", help="comma list of fid,kid,is,pr,dc,acc,modes,nll "
                    "(nll: the run's test-set likelihood in nats and bits/dim, for vae and gmm)")
-    e.add_argument("--n", type=_positive_int, help="number of generated samples (default: the protocol's)")
+    e.add_argument("--n", type=_positive_int, help="number of generated samples (default: the protocol's); the "
+                   "data-vs-data row uses the same n, and a small n (FID is biased) prints a warning")
     e.add_argument("--steps", type=_positive_int, help="sampler steps when sampling a run")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", help="write all values and the protocol record to this file")
+    e.add_argument("--range", choices=["-1,1", "0,1", "0,255"], metavar="LO,HI",
+                   help="-1,1 | 0,1 | 0,255: value range of float images in an .npz (write --range=-1,1); default: "
+                   "read from the values (any below -0.025: -1,1; else all <= 1.025: 0,1; else 0,255)")
     e.set_defaults(fn=cmd_eval)
+    _threads_option(e)
 
     a = sub.add_parser("anomaly", help="score a labelled dataset for anomalies with an ae / vae run (AUROC, AUPRC)")
     a.add_argument("run", help="run directory of an ae or vae")
@@ -297,6 +421,7 @@ def make_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", help="folder for the JSON and picture (default RUN/anomaly)")
     a.set_defaults(fn=cmd_anomaly)
+    _threads_option(a)
 
     sub.add_parser("list", help="families, datasets, samplers and presets").set_defaults(fn=cmd_list)
 
@@ -308,21 +433,38 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+# options people reach for on `train` that are config keys there
+_TRAIN_KEY_HINTS = {"--steps": "train.steps", "--batch-size": "train.batch_size", "--lr": "model.lr",
+                    "--seed": "train.seed", "--epochs": "train.steps"}
+
+
 def main(argv=None) -> int:
+    import shlex
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come before or after options
     if extra and (args.command != "train" or any(x.startswith("-") or "=" not in x for x in extra)):
+        hints = [f"{_TRAIN_KEY_HINTS[x.split('=')[0]]}=..." for x in extra if x.split("=")[0] in _TRAIN_KEY_HINTS]
+        if args.command == "train" and hints:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}; config values are key=value overrides, "
+                         f"e.g. {' '.join(hints)} (genlab train {args.family} --dry-run lists every key)")
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    args.command_line = "genlab " + " ".join(shlex.quote(str(a)) for a in argv)
     try:
+        if getattr(args, "threads", None) and not getattr(args, "dry_run", False):
+            from genlab.threads import configure_threads
+
+            configure_threads(args.threads)
         return args.fn(args)
     except GenlabError as e:
         print(f"genlab: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("genlab: interrupted (the newest checkpoint is intact; continue with --resume)", file=sys.stderr)
+        print("genlab: interrupted", file=sys.stderr)
         return 130
 
 

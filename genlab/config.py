@@ -8,10 +8,12 @@ prints the resolved result and the run directory keeps it as `config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -36,18 +38,21 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     warmup_steps: int = 0  # linear learning-rate warm-up from 0
-    lr_schedule: str = "constant"  # after warm-up: constant | linear (to 0 at the last step) | cosine (to 0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warm-up; linear/cosine decay to 0 at the end
     max_minutes: float = 0.0  # stop early (checkpoint, samples) after this much training time; 0: no limit
     ema_decay: float = 0.999  # EMA of weights used for sampling; 0 disables
-    mixed_precision: str = "no"  # no | bf16 | fp16 (autocast through Accelerate)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast through Accelerate
     seed: int = 0  # seeds init, data order and every sample's noise
     log_every: int = 10  # steps between metrics.jsonl lines
     sample_every: int = 0  # steps between sample grids (0: only at the end)
     ckpt_every: int = 500  # steps between checkpoints (one is always written at the end)
+    ckpt_minutes: float = 10.0  # also save when this much time passed since the last save (0: off)
+    max_loss: float = 1e10  # |loss| above this counts as divergence (finite but exploded); 0: off
+    init_from: str = ""  # a run directory whose weights initialise this run (fine-tuning); "": random init
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     n_samples: int = 64  # images in each sample grid
     sample_steps: int = 0  # sampler steps for grids (0: the family's default)
-    trackers: str = "auto"  # auto (TensorBoard when installed) | tensorboard | none
+    trackers: Literal["auto", "tensorboard", "none"] = "auto"  # auto: TensorBoard when installed
 
 
 @dataclass
@@ -101,6 +106,11 @@ def _coerce(value, tp, where: str):
         return [_coerce(v, item_tp, where) for v in value]
     if tp is typing.Any:
         return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UsageError(f"config key '{where}' expects one of: {', '.join(map(str, choices))}; got {value!r}")
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -116,9 +126,12 @@ def _coerce(value, tp, where: str):
         return int(value)
     if tp is float:
         try:
-            return float(value)
+            value = float(value)
         except (TypeError, ValueError):
             raise UsageError(f"config key '{where}' expects a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise UsageError(f"config key '{where}' expects a finite number, got {value!r}")
+        return value
     if tp is str:
         if isinstance(value, (dict, list)):
             raise UsageError(f"config key '{where}' expects a string, got {value!r}")
@@ -128,6 +141,8 @@ def _coerce(value, tp, where: str):
 
 def from_dict(cls, d: dict | None, where: str = ""):
     """Build dataclass `cls` from a dict; unknown keys raise a UsageError listing the valid ones."""
+    if d is not None and not isinstance(d, dict):
+        raise UsageError(f"config section '{where[:-1] or cls.__name__}' must be a mapping of keys to values, got {d!r}")
     d = dict(d or {})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -213,6 +228,43 @@ def build_run_config(family_name: str, model_config_cls, raw: dict | None = None
         eval=from_dict(EvalConfig, raw.get("eval"), "eval."),
         model=from_dict(model_config_cls, raw.get("model"), "model."),
     )
+
+
+# --------------------------------------------------------------------------- value checks
+
+_AT_LEAST_ONE = ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "n_samples", "keep_checkpoints")
+
+
+def check(cfg: RunConfig) -> None:
+    """Range checks the types cannot express; a UsageError names the key and the valid range.
+
+    Learning rates (`lr`, `lr_*` in the model section) must be > 0; loop counts must be >= 1. Choice
+    (`Literal`) fields are checked here too, for configs built in Python rather than from YAML.
+    """
+    for section in ("data", "train", "eval", "model"):
+        obj = getattr(cfg, section)
+        if obj is not None:
+            for name, tp in typing.get_type_hints(type(obj)).items():
+                if typing.get_origin(tp) is Literal:
+                    _coerce(getattr(obj, name), tp, f"{section}.{name}")
+    for name in _AT_LEAST_ONE:
+        if getattr(cfg.train, name) < 1:
+            raise UsageError(f"train.{name} must be >= 1, got {getattr(cfg.train, name)}")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise UsageError(f"train.ema_decay must be in [0, 1) (0 disables the EMA), got {cfg.train.ema_decay}")
+    for key in ("grad_clip", "warmup_steps", "max_minutes", "ckpt_minutes", "max_loss", "sample_every", "sample_steps"):
+        if getattr(cfg.train, key) < 0:
+            raise UsageError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
+    if cfg.model is not None:
+        for f in dataclasses.fields(cfg.model):
+            v = getattr(cfg.model, f.name)
+            if (f.name == "lr" or f.name.startswith("lr_")) and isinstance(v, (int, float)) and not v > 0:
+                raise UsageError(f"model.{f.name} must be a learning rate > 0, got {v}")
+
+
+def lr_keys(model_cfg) -> list[str]:
+    """The model section's learning-rate keys (e.g. ['model.lr_g', 'model.lr_d']), for hints."""
+    return [f"model.{f.name}" for f in dataclasses.fields(model_cfg) if f.name == "lr" or f.name.startswith("lr_")]
 
 
 def dump_yaml(cfg) -> str:

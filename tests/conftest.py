@@ -35,24 +35,20 @@ def reset_accelerate():
     GradientState._reset_state()
 
 
-class PlainCtx:
-    """The loop's StepContext without Accelerate: plain backward and step (for family unit tests)."""
+def plain_step(family, model, batch, opts, *, micro_batches: int = 1, ema=None) -> dict:
+    """One `train_step` through the loop's StepContext without Accelerate (for family unit tests)."""
+    from genlab.rng import SampleRNG
+    from genlab.training.context import StepContext
 
-    def __init__(self, n):
-        from genlab.rng import SampleRNG
+    ctx = StepContext(model, opts, batch, SampleRNG(range(len(batch["x"]))), micro_batches=micro_batches, ema=ema)
+    return family.train_step(model, batch, opts, ctx)
 
-        self.rng = SampleRNG(range(n))
-        self.step = 0
 
-    def backward(self, loss):
-        loss.backward()
+def spec_for(shape, num_classes: int = 0, name: str = "test"):
+    """A DataSpec for unit tests: sample shape, and labels when num_classes > 0."""
+    from genlab.data import DataSpec
 
-    def optimizer_step(self, opt, model):
-        opt.step()
-        opt.zero_grad()
-
-    def unwrap(self, model):
-        return model
+    return DataSpec(name, tuple(shape), tuple(str(i) for i in range(num_classes)), ("y",) if num_classes else ())
 
 
 def run_cli(*args) -> int:

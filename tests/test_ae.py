@@ -6,10 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_TRAIN, PlainCtx, run_cli
+from conftest import FAST_TRAIN, plain_step, run_cli, spec_for
 
 import genlab
+from genlab.config import build_run_config
 from genlab.data import load_dataset
+from genlab.errors import UsageError
 from genlab.metrics.anomaly import auprc, auroc, confusion, threshold_at_fpr
 from genlab.models import ae, vae
 from genlab.rng import SampleRNG
@@ -60,16 +62,17 @@ def test_corruption_is_per_sample_seeded():
     assert torch.equal(a[:4], b)
 
 
-@pytest.mark.parametrize("kw", [dict(data_shape=[1, 8, 8], loss="mse", corruption="gaussian"),
-                                dict(data_shape=[1, 28, 28], loss="bce", corruption="mask"),
-                                dict(data_shape=[2], corruption="salt-pepper")])
-def test_ae_trains_encodes_decodes_and_refuses_to_sample(kw):
+@pytest.mark.parametrize("shape,kw", [([1, 8, 8], dict(loss="mse", corruption="gaussian")),
+                                      ([1, 28, 28], dict(loss="bce", corruption="mask")),
+                                      ([2], dict(corruption="salt-pepper"))])
+def test_ae_trains_encodes_decodes_and_refuses_to_sample(shape, kw):
     cfg = ae.Config(channels=8, latent_dim=3, mlp_hidden=16, **kw)
-    model = ae.build(cfg)
+    model = ae.build(cfg, spec_for(shape), {})
+    assert model.data_shape == shape and model.spec == spec_for(shape) and ae.needs(cfg) == ("x",)
     opts = ae.make_optimizers(model, cfg)
-    x = torch.rand(6, *cfg.data_shape) * 2 - 1
+    x = torch.rand(6, *shape) * 2 - 1
     before = [p.detach().clone() for p in model.parameters()]
-    logs = ae.train_step(model, (x, None), opts, PlainCtx(6))
+    logs = plain_step(ae, model, {"x": x}, opts)
     assert math.isfinite(logs["loss"])
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     z = ae.encode(model, x)
@@ -77,6 +80,22 @@ def test_ae_trains_encodes_decodes_and_refuses_to_sample(kw):
     assert ae.anomaly_score(model, x).shape == (6,)
     with pytest.raises(ValueError, match="no prior"):
         ae.sample(model, 2)
+    assert ae.SAMPLERS == () and ae.SAMPLE_OPTIONS == ()
+    images = ae.report_images(model, {"x": x}, torch.Generator().manual_seed(0))
+    if len(shape) == 3:  # originals over reconstructions; corrupted inputs over denoised over clean
+        assert images["reconstructions"].shape == (2, 6, *shape) and torch.equal(images["reconstructions"][0], x)
+        assert images["denoised"].shape == (3, 6, *shape) and torch.equal(images["denoised"][2], x)
+    else:
+        assert images == {}
+
+
+def test_unknown_choices_are_config_errors():
+    with pytest.raises(UsageError, match="'model.corruption' expects one of: none, gaussian, mask, salt-pepper; got 'blur'"):
+        build_run_config("ae", ae.Config, {"model": {"corruption": "blur"}})
+    with pytest.raises(UsageError, match="'model.loss' expects one of: mse, bce; got 'l1'"):
+        build_run_config("ae", ae.Config, {"model": {"loss": "l1"}})
+    with pytest.raises(ValueError, match="unknown corruption 'blur'"):
+        ae.corrupt(_x(), "blur", 0.1, SampleRNG(range(64)))
 
 
 def test_auroc_and_auprc_equal_scikit_learn_with_ties():
@@ -106,8 +125,8 @@ def test_threshold_from_target_fpr_gives_that_fpr_on_the_held_out_normals():
 
 
 def test_vae_anomaly_score_is_negative_elbo_and_seeded():
-    cfg = vae.Config(data_shape=[1, 8, 8], channels=8, latent_dim=3)
-    model = vae.build(cfg)
+    cfg = vae.Config(channels=8, latent_dim=3)
+    model = vae.build(cfg, spec_for([1, 8, 8]), {})
     x = torch.rand(5, 1, 8, 8) * 2 - 1
     s = vae.anomaly_score(model, x, generator=torch.Generator().manual_seed(0), k=2000)
     assert torch.equal(s, vae.anomaly_score(model, x, generator=torch.Generator().manual_seed(0), k=2000))
@@ -142,7 +161,7 @@ def oneclass_run(tmp_path_factory):
 
 def test_oneclass_training_uses_only_that_class_minus_the_holdout(oneclass_run):
     run = genlab.load(oneclass_run)
-    from genlab.training.loop import load_data
+    from genlab.training.data import load_data
 
     assert len(load_data(run.config)) + len(load_data(run.config, "holdout")) == int((load_dataset("digits").y == 0).sum())
     assert (oneclass_run / "report" / "reconstructions.png").exists()
@@ -163,7 +182,7 @@ def test_anomaly_cli_reports_auroc_threshold_and_picture(oneclass_run, tmp_path,
     # the calibration really gives the target FPR on the held-out normals
     run = genlab.load(oneclass_run)
     from genlab.anomaly import score
-    from genlab.training.loop import load_data
+    from genlab.training.data import load_data
 
     held = load_data(run.config, "holdout")
     s = score(run, held.get(torch.arange(len(held)))[0], seed=1, progress=False)

@@ -99,11 +99,11 @@ def test_presets_parse():
         (["train", "flow"], "unknown family 'flow'; expected one of: ae, ddpm, gan, gmm, vae, vqvae"),
         (["train", "ddpm", "--data", "cifar"], "unknown dataset 'cifar'; expected one of:"),
         (["train", "ddpm", "train.stepz=3"], "unknown config key 'train.stepz'"),
-        (["train", "ddpm", "model.sampler=euler"], "unknown sampler 'euler'; expected one of: ddim, ddpm"),
+        (["train", "ddpm", "model.sampler=plms"], "config key 'model.sampler' expects one of: ddim, ddpm, euler, heun, dpmpp_2m; got 'plms'"),
         (["train", "ddpm", "--config", "no-such-preset"], "unknown preset 'no-such-preset'"),
-        (["train", "ddpm", "train.mixed_precision=fp8", "train.steps=1"], "unknown train.mixed_precision 'fp8'"),
-        (["train", "vae", "--data", "ring8", "model.decoder=poisson"], "unknown decoder 'poisson'"),
-        (["train", "ddpm", "--data", "ring8", "model.class_cond=true"], "needs labelled data"),
+        (["train", "ddpm", "train.mixed_precision=fp8", "train.steps=1"], "config key 'train.mixed_precision' expects one of: no, bf16, fp16; got 'fp8'"),
+        (["train", "vae", "--data", "ring8", "model.decoder=poisson"], "config key 'model.decoder' expects one of: gaussian, bernoulli; got 'poisson'"),
+        (["train", "ddpm", "--data", "ring8", "model.class_cond=true"], "ddpm needs class labels (y); 'ring8' has none"),
     ],
 )
 def test_bad_usage_exits_2_with_choices(args, message, capsys, tmp_path):
@@ -112,8 +112,8 @@ def test_bad_usage_exits_2_with_choices(args, message, capsys, tmp_path):
 
 
 def test_sample_bad_inputs(ddpm_run, tmp_path, capsys):
-    assert run_cli("sample", ddpm_run, "--sampler", "euler") == 2
-    assert "expected one of: ddim, ddpm" in capsys.readouterr().err
+    assert run_cli("sample", ddpm_run, "--sampler", "plms") == 2
+    assert "expected one of: ddim, ddpm, dpmpp_2m, euler, heun" in capsys.readouterr().err
     assert run_cli("sample", tmp_path / "nope") == 1
     assert "run directory not found" in capsys.readouterr().err
     assert run_cli("sample", ddpm_run, "--class", "42", "--n", "2") == 2

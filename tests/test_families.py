@@ -1,61 +1,113 @@
 """Per-family smoke tests: build, one train step, sample shape and range; plus family-specific maths."""
 
+import dataclasses
+import inspect
 import math
+import typing
 
 import pytest
 import torch
-from conftest import PlainCtx
+from conftest import plain_step, spec_for
 
+from genlab.config import RunConfig, build_run_config, check
+from genlab.errors import UsageError
 from genlab.models import FAMILIES, ddpm, vae
 
 CASES = {
-    "ddpm-image": (ddpm, dict(data_shape=[1, 8, 8], base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], sample_steps=3)),
-    "ddpm-image-v-cosine-cond": (ddpm, dict(data_shape=[3, 8, 8], base_channels=8, channel_mult=[1, 2], num_res_blocks=1,
-                                            attn_resolutions=[], sample_steps=3, prediction="v", schedule="cosine",
-                                            class_cond=True, num_classes=3, sampler="ddpm")),
-    "ddpm-points": (ddpm, dict(data_shape=[2], mlp_hidden=16, sample_steps=3)),
-    "vae-gaussian": (vae, dict(data_shape=[1, 8, 8], channels=8, latent_dim=3)),
-    "vae-bernoulli-28": (vae, dict(data_shape=[1, 28, 28], channels=8, latent_dim=3, decoder="bernoulli")),
-    "vae-points": (vae, dict(data_shape=[2], mlp_hidden=16, latent_dim=2)),
+    "ddpm-image": (ddpm, [1, 8, 8], 0, dict(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], sample_steps=3)),
+    "ddpm-image-v-cosine-cond": (ddpm, [3, 8, 8], 3, dict(base_channels=8, channel_mult=[1, 2], num_res_blocks=1,
+                                                          attn_resolutions=[], sample_steps=3, prediction="v",
+                                                          schedule="cosine", class_cond=True, sampler="ddpm")),
+    "ddpm-points": (ddpm, [2], 0, dict(mlp_hidden=16, sample_steps=3)),
+    "vae-gaussian": (vae, [1, 8, 8], 0, dict(channels=8, latent_dim=3)),
+    "vae-bernoulli-28": (vae, [1, 28, 28], 0, dict(channels=8, latent_dim=3, decoder="bernoulli")),
+    "vae-points": (vae, [2], 0, dict(mlp_hidden=16, latent_dim=2)),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_smoke(case):
-    family, kw = CASES[case]
+    family, shape, num_classes, kw = CASES[case]
     cfg = family.Config(**kw)
     torch.manual_seed(0)
-    model = family.build(cfg)
+    spec = spec_for(shape, num_classes)
+    model = family.build(cfg, spec, {})
+    assert model.data_shape == shape and model.spec == spec
     opts = family.make_optimizers(model, cfg)
-    shape = cfg.data_shape
     x = torch.rand(6, *shape) * 2 - 1
-    y = torch.randint(0, 3, (6,)) if getattr(cfg, "class_cond", False) else None
+    batch = {"x": x}
+    if getattr(cfg, "class_cond", False):
+        batch["y"] = torch.randint(0, 3, (6,))
     before = [p.detach().clone() for p in model.parameters()]
-    logs = family.train_step(model, (x, y), opts, PlainCtx(6))
+    logs = plain_step(family, model, batch, opts)
     assert logs["loss"] == logs["loss"] and math.isfinite(logs["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "no parameter moved"
-    cond = torch.tensor([0, 1, 2, 0, 1]) if y is not None else None
+    cond = {"y": torch.tensor([0, 1, 2, 0, 1])} if "y" in batch else None
     s = family.sample(model, 5, cond=cond, generator=torch.Generator().manual_seed(0))
     assert s.shape == (5, *shape)
     if len(shape) == 3:
         assert s.min() >= -1 and s.max() <= 1
 
 
-def test_every_family_follows_the_contract():
-    for name, fam in FAMILIES.items():
-        for attr in ("Config", "build", "make_optimizers", "train_step", "sample", "SAMPLERS"):
-            assert hasattr(fam, attr), f"{name} lacks {attr}"
-        cfg = fam.Config()  # every field has a default
-        assert cfg.data_shape
+REQUIRED = ("build", "make_optimizers", "train_step", "sample", "needs")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_follows_the_contract(name):
+    """The family contract of genlab/models/__init__.py: the members, their signatures and the config rules."""
+    fam = FAMILIES[name]
+    for attr in ("Config", "SAMPLERS", "SAMPLE_OPTIONS", *REQUIRED):
+        assert hasattr(fam, attr), f"{name} lacks {attr}"
+    for attr in REQUIRED:
+        assert callable(getattr(fam, attr)), f"{name}.{attr} is not callable"
+    assert dataclasses.is_dataclass(fam.Config) and isinstance(fam.Config, type)
+    cfg = fam.Config()  # every field has a default
+    fields = {f.name for f in dataclasses.fields(fam.Config)}
+    assert not fields & {"data_shape", "num_classes"}, f"{name}.Config still describes the data: {fields & {'data_shape', 'num_classes'}}"
+    for f in dataclasses.fields(fam.Config):
+        assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f"{name}.{f.name}"
+    # choices are Literal fields, and the defaults are valid choices (check() accepts the default config)
+    check(RunConfig(family=name, model=cfg))
+    build_run_config(name, fam.Config, {})
+    assert isinstance(fam.SAMPLERS, tuple) and all(isinstance(s, str) for s in fam.SAMPLERS)
+    assert isinstance(fam.SAMPLE_OPTIONS, tuple) and all(isinstance(s, str) for s in fam.SAMPLE_OPTIONS)
+    assert bool(fam.SAMPLERS) == ("sampler" in fam.SAMPLE_OPTIONS), f"{name}: SAMPLERS vs SAMPLE_OPTIONS"
+    needs = fam.needs(cfg)
+    assert isinstance(needs, tuple) and needs and needs[0] == "x", f"{name}.needs -> {needs!r}"
+    assert list(inspect.signature(fam.build).parameters) == ["cfg", "spec", "deps"], name
+    assert list(inspect.signature(fam.make_optimizers).parameters) == ["model", "cfg"], name
+    assert list(inspect.signature(fam.train_step).parameters) == ["model", "batch", "opts", "ctx"], name
+    sig = inspect.signature(fam.sample).parameters
+    assert list(sig)[:2] == ["model", "n"], name
+    for kw in ("cond", "generator"):
+        assert kw in sig and sig[kw].kind is inspect.Parameter.KEYWORD_ONLY, f"{name}.sample lacks keyword {kw}"
+    for opt in fam.SAMPLE_OPTIONS:
+        assert opt in sig and sig[opt].kind is inspect.Parameter.KEYWORD_ONLY, f"{name}.sample lacks option {opt}"
+    for dep in getattr(fam, "DEPS", ()):
+        assert dep in fields, f"{name}.DEPS names {dep}, not a Config field"
+    for mod in getattr(fam, "EMA_MODULES", ()) or ():
+        assert isinstance(mod, str)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_builds_from_a_spec_and_exposes_it(name):
+    """build(cfg, spec, {}) with the default config (small data): the model carries its spec and data shape."""
+    fam = FAMILIES[name]
+    spec = spec_for([2], 3)
+    cfg = fam.Config()
+    model = fam.build(cfg, spec, {})
+    assert isinstance(model, torch.nn.Module)
+    assert model.spec == spec and list(model.data_shape) == [2], name
+    assert isinstance(fam.make_optimizers(model, cfg), dict)
 
 
 @pytest.mark.parametrize("family", [ddpm, vae])
 def test_sampling_is_seeded_and_batch_size_independent(family):
-    cfg = family.Config(data_shape=[1, 8, 8], **({"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
-                                                  "attn_resolutions": [], "sample_steps": 3, "sampler": "ddpm"}
-                                                 if family is ddpm else {"channels": 8}))
+    cfg = family.Config(**({"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                            "attn_resolutions": [], "sample_steps": 3, "sampler": "ddpm"}
+                           if family is ddpm else {"channels": 8}))
     torch.manual_seed(0)
-    model = family.build(cfg).eval()
+    model = family.build(cfg, spec_for([1, 8, 8]), {}).eval()
     a = family.sample(model, 6, generator=torch.Generator().manual_seed(3), batch_size=6)
     b = family.sample(model, 6, generator=torch.Generator().manual_seed(3), batch_size=4)
     assert torch.allclose(a, b, atol=1e-5)
@@ -64,13 +116,23 @@ def test_sampling_is_seeded_and_batch_size_independent(family):
 
 
 def test_ddpm_rejects_unknown_options():
-    with pytest.raises(ValueError, match="unknown prediction 'x'"):
-        ddpm.build(ddpm.Config(prediction="x"))
-    model = ddpm.build(ddpm.Config(data_shape=[2], mlp_hidden=8))
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        ddpm.sample(model, 2, sampler="euler")
+    # choices are validated where configs are made (YAML / overrides), and by check() for Python-built ones
+    with pytest.raises(UsageError, match="'model.prediction' expects one of: eps, v; got 'x'"):
+        build_run_config("ddpm", ddpm.Config, {"model": {"prediction": "x"}})
+    with pytest.raises(UsageError, match="'model.prediction' expects one of: eps, v; got 'x'"):
+        check(RunConfig(family="ddpm", model=ddpm.Config(prediction="x")))
+    with pytest.raises(UsageError, match="'model.sampler' expects one of: ddim, ddpm, euler, heun, dpmpp_2m; got 'plms'"):
+        build_run_config("ddpm", ddpm.Config, {"model": {"sampler": "plms"}})
+    from genlab.samplers import SAMPLERS
+
+    assert set(ddpm.SAMPLERS) == set(SAMPLERS) == set(typing.get_args(typing.get_type_hints(ddpm.Config)["sampler"]))
+    model = ddpm.build(ddpm.Config(mlp_hidden=8), spec_for([2]), {})
+    with pytest.raises(ValueError, match="unknown sampler 'plms' for ddpm; expected one of: ddpm, ddim, euler, heun, dpmpp_2m"):
+        ddpm.sample(model, 2, sampler="plms")
     with pytest.raises(ValueError, match="without class conditioning"):
         ddpm.sample(model, 2, cond=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="without class conditioning"):
+        ddpm.sample(model, 2, cond={"y": torch.tensor([1, 2])})
 
 
 def test_vae_kl_closed_form():
@@ -82,8 +144,8 @@ def test_vae_kl_closed_form():
 
 def test_iwae_bound_is_exact_for_a_linear_gaussian_model():
     """With a linear-Gaussian decoder and the exact posterior as encoder, every importance weight equals p(x)."""
-    cfg = vae.Config(data_shape=[2], latent_dim=2, mlp_hidden=4)
-    model = vae.build(cfg)
+    cfg = vae.Config(latent_dim=2, mlp_hidden=4)
+    model = vae.build(cfg, spec_for([2]), {})
     # p(z) = N(0, I), p(x|z) = N(z, s^2 I)  =>  p(x) = N(0, (1 + s^2) I), q(z|x) = N(x / (1 + s^2), s^2 / (1 + s^2))
     s = 0.5
     model.log_sigma.data.fill_(math.log(s))
@@ -96,9 +158,9 @@ def test_iwae_bound_is_exact_for_a_linear_gaussian_model():
 
 
 def test_iwae_tightens_with_k():
-    cfg = vae.Config(data_shape=[1, 8, 8], channels=8, latent_dim=2)
+    cfg = vae.Config(channels=8, latent_dim=2)
     torch.manual_seed(0)
-    model = vae.build(cfg)
+    model = vae.build(cfg, spec_for([1, 8, 8]), {})
     x = torch.rand(32, 1, 8, 8) * 2 - 1
     ll1 = vae.log_likelihood(model, x, k=1, generator=torch.Generator().manual_seed(0)).mean()
     ll64 = vae.log_likelihood(model, x, k=64, generator=torch.Generator().manual_seed(0)).mean()
@@ -106,10 +168,9 @@ def test_iwae_tightens_with_k():
 
 
 def test_ddpm_denoising_strip_goes_from_noise_to_images():
-    cfg = ddpm.Config(data_shape=[1, 8, 8], base_channels=8, channel_mult=[1, 2], num_res_blocks=1,
-                      attn_resolutions=[], sample_steps=5)
-    model = ddpm.build(cfg).eval()
-    strip = ddpm.report_images(model, (torch.zeros(8, 1, 8, 8), None), torch.Generator().manual_seed(0))["denoising"]
+    cfg = ddpm.Config(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], sample_steps=5)
+    model = ddpm.build(cfg, spec_for([1, 8, 8]), {}).eval()
+    strip = ddpm.report_images(model, {"x": torch.zeros(8, 1, 8, 8)}, torch.Generator().manual_seed(0))["denoising"]
     assert strip.shape[:2] == (8, 6)  # x_T + one frame per step (at most 9 frames)
     assert 0.7 < strip[:, 0].std() < 1.3  # x_T is unit noise
     assert strip[:, -1].abs().max() <= 1  # the last frame is a clamped sample

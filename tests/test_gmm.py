@@ -3,16 +3,26 @@ through the CLI on points, pixels and a trained VAE's latents."""
 
 import json
 import math
+import shutil
+import typing
 
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_TRAIN, TINY_VAE, run_cli
+from conftest import FAST_TRAIN, TINY_VAE, run_cli, spec_for
 from sklearn.mixture import GaussianMixture
 
 import genlab
+from genlab.config import RunConfig, build_run_config, check, set_dotted
+from genlab.errors import GenlabError, UsageError
 from genlab.metrics.likelihood import bits_per_dim, nats_from_bits_per_dim
 from genlab.models import gmm
+
+COVARIANCE_TYPES = typing.get_args(typing.get_type_hints(gmm.Config)["covariance_type"])
+
+
+def _build(shape, **kw):
+    return gmm.build(gmm.Config(**kw), spec_for(shape), {})
 
 
 def _blobs(n=300, seed=0):
@@ -23,11 +33,11 @@ def _blobs(n=300, seed=0):
     return torch.cat(parts)
 
 
-@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_log_prob_equals_sklearn_score_samples(covariance_type):
     x, x_new = _blobs(seed=0), _blobs(60, seed=1)
-    model = gmm.build(gmm.Config(data_shape=[3], n_components=3, covariance_type=covariance_type))
-    logs = gmm.fit(model, x, None, seed=7)
+    model = _build([3], n_components=3, covariance_type=covariance_type)
+    logs = gmm.fit(model, {"x": x}, seed=7)
     ref = GaussianMixture(3, covariance_type=covariance_type, random_state=7).fit(x.double().numpy())
     assert np.allclose(model.means.numpy(), ref.means_) and logs["log_prob"] == pytest.approx(ref.lower_bound_)
     for pts in (x, x_new):
@@ -40,7 +50,7 @@ def test_log_prob_equals_sklearn_score_samples(covariance_type):
 
 def _known_mixture(covariance_type):
     """A 2-component 2-D mixture set by hand, with its exact mean and covariance."""
-    model = gmm.build(gmm.Config(data_shape=[2], n_components=2, covariance_type=covariance_type))
+    model = _build([2], n_components=2, covariance_type=covariance_type)
     w, mu = torch.tensor([0.3, 0.7], dtype=torch.float64), torch.tensor([[2.0, -1.0], [-1.0, 0.5]], dtype=torch.float64)
     full = torch.tensor([[[0.5, 0.2], [0.2, 0.3]], [[0.2, -0.1], [-0.1, 0.4]]], dtype=torch.float64)
     cov = {"full": full, "tied": full[0], "diag": full.diagonal(dim1=1, dim2=2),
@@ -53,7 +63,7 @@ def _known_mixture(covariance_type):
     return model, mean, second - mean[:, None] * mean[None, :]
 
 
-@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_sample_moments_match_the_mixture(covariance_type):
     model, mean, cov = _known_mixture(covariance_type)
     s = gmm.sample(model, 20000, generator=torch.Generator().manual_seed(0)).double()
@@ -73,15 +83,18 @@ def test_sampling_is_seeded_per_sample(covariance_type):
         gmm.sample(model, 2, sampler="ddim")
     with pytest.raises(ValueError, match="unconditional"):
         gmm.sample(model, 2, cond=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="unconditional"):
+        gmm.sample(model, 2, cond={"y": torch.tensor([0, 1])})
 
 
 def test_pixel_log_likelihood_and_bits_per_dim_round_trip():
     from genlab.data import load_dataset
 
     data = load_dataset("digits", "train")
-    x, _ = data.get(torch.arange(len(data)))
-    model = gmm.build(gmm.Config(data_shape=[1, 8, 8], n_components=5, covariance_type="diag", reg_covar=1e-3))
-    gmm.fit(model, x, None, seed=0)
+    batch = data.batch(torch.arange(len(data)))
+    x = batch["x"]
+    model = gmm.build(gmm.Config(n_components=5, covariance_type="diag", reg_covar=1e-3), data.spec, {})
+    gmm.fit(model, batch, seed=0)  # labels in the batch are ignored
     ll = gmm.log_likelihood(model, x[:50])
     # images: the density on [-1, 1] times one 8-bit bin per dimension
     assert torch.allclose(ll, gmm.log_prob(model, x[:50].flatten(1).double()) + 64 * math.log(2 / 256), rtol=1e-12)
@@ -93,21 +106,30 @@ def test_pixel_log_likelihood_and_bits_per_dim_round_trip():
 
 
 def test_contract_and_bad_config():
-    model = gmm.build(gmm.Config(data_shape=[2], n_components=2))
+    model = _build([2], n_components=2)
+    assert model.data_shape == [2] and model.spec == spec_for([2]) and gmm.needs(model.cfg) == ("x",)
     assert gmm.make_optimizers(model, model.cfg) == {} and not list(model.parameters())
     assert all(b.dtype == torch.float64 for b in model.buffers())
     with pytest.raises(RuntimeError, match="closed form"):
-        gmm.train_step(model, (torch.zeros(2, 2), None), {}, None)
-    with pytest.raises(ValueError, match="unknown covariance_type 'ful'; expected one of: full, diag, tied, spherical"):
-        gmm.build(gmm.Config(covariance_type="ful"))
+        gmm.train_step(model, {"x": torch.zeros(2, 2)}, {}, None)
+    with pytest.raises(ValueError, match="n_components must be >= 1"):
+        _build([2], n_components=0)
+    # choices are checked where configs are made: from YAML / overrides, and by check() for Python-built ones
+    msg = "config key 'model.covariance_type' expects one of: full, diag, tied, spherical; got 'ful'"
+    with pytest.raises(UsageError, match=msg):
+        build_run_config("gmm", gmm.Config, {"model": {"covariance_type": "ful"}})
+    cfg = build_run_config("gmm", gmm.Config, {})
+    with pytest.raises(UsageError, match=msg):
+        set_dotted(cfg, "model.covariance_type", "ful")
+    assert cfg.model.covariance_type == "full"
+    with pytest.raises(UsageError, match=msg):
+        check(RunConfig(family="gmm", model=gmm.Config(covariance_type="ful")))
 
 
 def test_max_fit_uses_a_seeded_subset():
     x = _blobs(300)
-    a = gmm.build(gmm.Config(data_shape=[3], n_components=2, max_fit=50))
-    b = gmm.build(gmm.Config(data_shape=[3], n_components=2, max_fit=50))
-    c = gmm.build(gmm.Config(data_shape=[3], n_components=2, max_fit=50))
-    gmm.fit(a, x, None, seed=1), gmm.fit(b, x, None, seed=1), gmm.fit(c, x, None, seed=2)
+    a, b, c = (_build([3], n_components=2, max_fit=50) for _ in range(3))
+    gmm.fit(a, {"x": x}, seed=1), gmm.fit(b, {"x": x}, seed=1), gmm.fit(c, {"x": x}, seed=2)
     assert torch.equal(a.means, b.means) and not torch.equal(a.means, c.means)
 
 
@@ -143,7 +165,7 @@ def test_pixel_run_on_digits(tmp_path):
     assert run.model.covariances.shape == (10, 64)
 
 
-def test_latent_gmm_on_a_trained_vae(tmp_path, capsys):
+def test_latent_gmm_on_a_trained_vae(tmp_path):
     vae_dir = tmp_path / "vae"
     assert run_cli("train", "vae", "--data", "digits", *TINY_VAE, *FAST_TRAIN, "train.steps=2", "--out", vae_dir) == 0
     out = tmp_path / "latent"
@@ -153,19 +175,65 @@ def test_latent_gmm_on_a_trained_vae(tmp_path, capsys):
     x = run.sample(4, seed=0)
     assert x.shape == (4, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
     assert run.model.means.shape == (3, 4)  # latent_dim 4
-    # the autoencoder is a frozen submodule whose weights travel in the GMM's checkpoint
+    # the autoencoder is a frozen dependency: the run keeps one copy of it (RUN/deps/autoencoder, the weights
+    # actually used: the VAE's EMA weights) and its checkpoints hold the mixture's buffers only
     vae_run = genlab.load(vae_dir)
     saved = run.checkpoint.part("model")
-    for k, v in vae_run.model.state_dict().items():
-        assert torch.equal(saved[f"autoencoder.{k}"], v), k
+    assert set(saved) == {"weights", "means", "covariances", "precisions_cholesky"}
+    assert not any(k.startswith("autoencoder.") for k in run.checkpoint.tensors if not k.startswith("rng/"))
+    assert set(run.deps) == {"autoencoder"} and run.deps["autoencoder"].family_name == "vae"
+    stored = genlab.load(out / "deps" / "autoencoder")
+    assert stored.step == vae_run.step and stored.spec == vae_run.spec
+    vae_state, ae_state = vae_run.model.state_dict(), run.model.autoencoder.state_dict()
+    assert set(ae_state) == set(vae_state)
+    for k, v in vae_state.items():
+        assert torch.equal(ae_state[k], v), k
+        assert torch.equal(stored.model.state_dict()[k], v), k
+    rec = run.checkpoint.meta["deps"]["autoencoder"]
+    assert rec["source"] == str(vae_dir.resolve()) and rec["source_sha256"] == vae_run.checkpoint.meta["sha256"]
+    assert rec["sha256"] == stored.checkpoint.meta["sha256"] and rec["family"] == "vae"
     assert not any(p.requires_grad for p in run.model.parameters())
     with pytest.raises(ValueError, match="density of latents"):
         gmm.log_likelihood(run.model, torch.zeros(2, 1, 8, 8))
 
+    # the run stays loadable and sampleable, with the same samples, when the autoencoder's run folder moves
+    shutil.move(vae_dir, tmp_path / "vae-moved")
+    moved = genlab.load(out)
+    assert torch.equal(moved.sample(4, seed=0), x)
+    assert torch.equal(moved.model.means, run.model.means)
+
+
+
+def test_latent_gmm_config_errors(tmp_path, capsys):
+    vae_dir = tmp_path / "vae"
+    assert run_cli("train", "vae", "--data", "digits", *TINY_VAE, *FAST_TRAIN, "train.steps=2", "--out", vae_dir) == 0
+    capsys.readouterr()
     assert run_cli("train", "gmm", "--data", "ring8", f"model.autoencoder={vae_dir}", "--out", tmp_path / "bad") == 2
     assert "was trained on data of shape [1, 8, 8], not [2]" in capsys.readouterr().err
+    # a run refused before it started leaves nothing in --out that stops the same --out being used again
     assert run_cli("train", "gmm", "--data", "digits", f"model.autoencoder={tmp_path}", "--out", tmp_path / "bad") == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_latent_gmm_with_a_missing_or_altered_stored_autoencoder_is_an_error(tmp_path):
+    vae_dir = tmp_path / "vae"
+    assert run_cli("train", "vae", "--data", "digits", *TINY_VAE, *FAST_TRAIN, "train.steps=2", "--out", vae_dir) == 0
+    out = tmp_path / "latent"
+    assert run_cli("train", "gmm", "--data", "digits", f"model.autoencoder={vae_dir}", "model.n_components=2",
+                   "train.trackers=none", "train.n_samples=4", "--out", out) == 0
+    stored = out / "deps" / "autoencoder"
+    shutil.move(stored, tmp_path / "elsewhere")
+    with pytest.raises(GenlabError, match="dependency 'autoencoder' .* is missing"):
+        genlab.load(out)
+    shutil.move(tmp_path / "elsewhere", stored)
+    genlab.load(out)
+    # a stored copy replaced by another (valid) run is refused: its tensors' hash is not the recorded one
+    assert run_cli("train", "vae", "--data", "digits", *TINY_VAE, *FAST_TRAIN, "train.steps=3", "train.seed=1",
+                   "--out", tmp_path / "vae2") == 0
+    shutil.rmtree(stored)
+    shutil.copytree(tmp_path / "vae2", stored)
+    with pytest.raises(GenlabError, match="dependency 'autoencoder' .* was changed"):
+        genlab.load(out)
 
 
 def test_eval_cli_reports_test_likelihood_in_bits_per_dim(tmp_path, capsys):

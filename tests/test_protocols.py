@@ -57,7 +57,7 @@ def test_reference_cache_is_reused(monkeypatch):
     "images,message",
     [
         (torch.zeros(10, 8, 8, dtype=torch.uint8), r"\(N, C, H, W\)"),
-        (torch.full((10, 1, 8, 8), 3.0), r"\[-1, 1\]"),
+        (torch.full((10, 1, 8, 8), 300.0), r"\[-1, 1\], \[0, 1\] or \[0, 255\]"),  # 3.0 would be read as [0, 255]
         (torch.full((10, 1, 8, 8), float("nan")), "NaN"),
         (torch.zeros(10, 1, 8, 8, dtype=torch.int32), "uint8"),
     ],
@@ -80,7 +80,8 @@ def test_genlab_eval_on_a_run_and_eval_during_training(tmp_path, capsys):
                    "eval.every=1", "eval.n=40", "eval.metrics=fid,kid,pr", "--out", out) == 0
     lines = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2] and all("fid" in r and r["n"] == 40 for r in lines)
-    assert "<th>fid</th>" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "FID" in html and "real data vs real data" in html
     capsys.readouterr()
     assert run_cli("eval", out, "--n", "30", "--metrics", "fid,kid,is", "--steps", "2", "--json", tmp_path / "e.json") == 0
     printed = capsys.readouterr().out

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST_TRAIN, PlainCtx, run_cli
+from conftest import FAST_TRAIN, plain_step, run_cli, spec_for
 
 import genlab
 from genlab.models import vqvae
@@ -13,21 +13,25 @@ from genlab.models import vqvae
 TINY = ["model.channels=4", "model.code_dim=4", "model.codebook_size=16", "model.mlp_hidden=16"]
 
 
-
-
-def _model(**kw):
-    kw = {"data_shape": [1, 8, 8], "channels": 4, "code_dim": 3, "codebook_size": 8, "mlp_hidden": 16, **kw}
+def _model(data_shape=(1, 8, 8), **kw):
+    kw = {"channels": 4, "code_dim": 3, "codebook_size": 8, "mlp_hidden": 16, **kw}
     torch.manual_seed(0)
-    return vqvae.build(vqvae.Config(**kw))
+    return vqvae.build(vqvae.Config(**kw), spec_for(data_shape), {})
+
+
+def test_model_exposes_its_data_spec():
+    model = _model()
+    assert model.data_shape == [1, 8, 8] and model.spec == spec_for([1, 8, 8])
+    assert vqvae.needs(model.cfg) == ("x",)
 
 
 @pytest.mark.parametrize("kw", [{}, {"codebook": "loss"}, {"data_shape": [2]}], ids=["ema", "loss", "points"])
 def test_smoke_one_step_moves_parameters(kw):
     model = _model(**kw)
     opts = vqvae.make_optimizers(model, model.cfg)
-    x = torch.rand(6, *model.cfg.data_shape) * 2 - 1
+    x = torch.rand(6, *model.data_shape) * 2 - 1
     before = [p.detach().clone() for p in model.parameters()]
-    logs = vqvae.train_step(model, (x, None), opts, PlainCtx(6))
+    logs = plain_step(vqvae, model, {"x": x}, opts)
     assert set(logs) == {"loss", "rec", "commit", "perplexity", "usage"}
     assert all(math.isfinite(v) for v in logs.values()) and 0 < logs["usage"] <= 1
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "a parameter did not move"
@@ -91,11 +95,11 @@ def test_train_step_restarts_an_unused_code_from_the_batch():
     model.codebook[3] = model.embed_sum[3] = 1e3  # far from every encoder output: never chosen
     x = torch.randn(6, 2)
     z_e = model.encoder(x).detach()
-    vqvae.train_step(model, (x, None), vqvae.make_optimizers(model, model.cfg), PlainCtx(6))
+    plain_step(vqvae, model, {"x": x}, vqvae.make_optimizers(model, model.cfg))
     assert torch.isclose(model.codebook[3], z_e, atol=1e-6).all(1).any(), "code 3 is not one of the batch's z_e"
     model = _model(data_shape=[2], codebook_size=4, code_dim=2, restart_threshold=0.0)  # restarts disabled
     model.codebook[3] = model.embed_sum[3] = 1e3
-    vqvae.train_step(model, (x, None), vqvae.make_optimizers(model, model.cfg), PlainCtx(6))
+    plain_step(vqvae, model, {"x": x}, vqvae.make_optimizers(model, model.cfg))
     assert torch.allclose(model.codebook[3], torch.tensor(1e3), rtol=1e-3)  # an unused code's average stays put
 
 
@@ -109,7 +113,7 @@ def test_codebook_loss_moves_codes_toward_encoder_outputs():
         return (z_e - model.embed(idx)).pow(2).mean().item()
 
     before = distance()
-    vqvae.train_step(model, (x, None), vqvae.make_optimizers(model, model.cfg), PlainCtx(8))
+    plain_step(vqvae, model, {"x": x}, vqvae.make_optimizers(model, model.cfg))
     assert distance() < before
 
 
@@ -130,8 +134,23 @@ def test_indices_round_trip():
     assert images.shape == (5, 1, 8, 8) and images.abs().max() <= 1
     assert torch.equal(images, vqvae.decode(model, vqvae.encode(model, x)))
     assert torch.equal(vqvae.encode(model, x)[:, :, 1, 0], model.codebook[idx[:, 1, 0]])
+    rec = vqvae.report_images(model, {"x": x}, torch.Generator().manual_seed(0))["reconstructions"]
+    assert rec.shape == (2, 5, 1, 8, 8) and torch.equal(rec[0], x) and torch.equal(rec[1], images)
     points = _model(data_shape=[2]).eval()
     assert vqvae.encode_to_indices(points, torch.randn(7, 2)).shape == (7,)
+    assert vqvae.report_images(points, {"x": torch.randn(7, 2)}, torch.Generator()) == {}
+
+
+def test_two_micro_batches_give_the_same_step_as_one_batch():
+    """Codebook statistics and restarts use the whole step's batch, whatever the gradient accumulation."""
+    x = torch.rand(8, 1, 8, 8) * 2 - 1
+    models = [_model(), _model()]
+    logs = [plain_step(vqvae, m, {"x": x}, vqvae.make_optimizers(m, m.cfg), micro_batches=k)
+            for m, k in zip(models, (1, 2))]
+    assert logs[0]["perplexity"] == pytest.approx(logs[1]["perplexity"]) and logs[0]["usage"] == logs[1]["usage"]
+    assert logs[0]["loss"] == pytest.approx(logs[1]["loss"], rel=1e-5)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
 
 
 def test_cli_run_trains_loads_and_reports(tmp_path):

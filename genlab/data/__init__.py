@@ -1,7 +1,10 @@
-"""Datasets, and the one place that maps uint8 pixels <-> float [-1, 1].
+"""Datasets, their specs, and the one place that maps uint8 pixels <-> float [-1, 1].
 
 Every dataset loads into memory as a `Dataset`: images as uint8 `(N, C, H, W)`, 2-D toys as float32 `(N, 2)`,
-with integer labels where the data has them. Names (see `DATASETS`):
+with integer labels and other per-sample conditions where the data has them. `Dataset.spec` describes it
+(`DataSpec`: sample shape, classes, condition kinds) without the tensors; families are built from a spec and
+check it against what they need. `Dataset.batch(idx)` returns a dict batch whose keys are listed in
+`BATCH_KEYS`. Names (see `DATASETS`):
 
 - `fashion-mnist`, `mnist`: IDX files (optionally .gz) found in `--data-dir`, `$GENLAB_DATA`,
   `/usr/share/datasets/<name>` or `~/.cache/genlab/<name>`.
@@ -21,6 +24,30 @@ from genlab.data.toys import TOYS, make_toy
 from genlab.errors import unknown
 from genlab.rng import derive_seed
 
+# The keys a batch dict may carry; a dataset's spec lists which conditions (keys beside "x") it provides.
+BATCH_KEYS = {
+    "x": "the data: float (B, C, H, W) images in [-1, 1], or (B, D) points",
+    "y": "class labels, int64 (B,)",
+    "x_src": "paired source images (image-to-image), float (B, C', H, W) in [-1, 1]",
+    "domain": "domain index of x (unpaired / multi-domain translation), int64 (B,)",
+    "attrs": "binary attributes, float (B, A)",
+    "text": "captions, a list of B strings",
+    "text_emb": "caption token embeddings from a frozen text encoder, float (B, L, E)",
+    "text_mask": "valid-token mask of text_emb, bool (B, L)",
+    "boxes": "object boxes (x0, y0, x1, y1) in [0, 1], float (B, K, 4), with padding rows of -1",
+    "masks": "instance masks, float (B, K, H, W) in {0, 1}",
+    "label_map": "semantic label map, int64 (B, H, W)",
+}
+
+# What each dataset provides beside x, known without loading it (for error messages that list alternatives).
+DATASET_CONDITIONS = {
+    "fashion-mnist": ("y",),
+    "mnist": ("y",),
+    "digits": ("y",),
+    "folder:PATH": ("y",),  # labels from sub-folder names
+    **{toy: () for toy in TOYS},
+}
+
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [-1, 1]. The only place pixels become model inputs."""
@@ -33,12 +60,65 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """What a family is built from: one sample's shape, the classes, and the condition kinds (batch keys)."""
+
+    name: str
+    shape: tuple[int, ...]  # one sample of x: (C, H, W) or (D,)
+    classes: tuple[str, ...] = ()  # class names (index = label); empty: no labels
+    conditions: tuple[str, ...] = ()  # batch keys beside "x", e.g. ("y",)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "classes": list(self.classes),
+                "conditions": list(self.conditions)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataSpec:
+        return cls(d["name"], tuple(d["shape"]), tuple(d.get("classes", ())), tuple(d.get("conditions", ())))
+
+    def describe(self) -> str:
+        """One line for --dry-run: 'fashion-mnist: x (1, 28, 28); y (10 classes: T-shirt/top, ...)'."""
+        parts = [f"x {tuple(self.shape)}"]
+        for key in self.conditions:
+            if key == "y":
+                names = ", ".join(self.classes[:4]) + (", ..." if self.num_classes > 4 else "")
+                parts.append(f"y ({self.num_classes} classes: {names})")
+            else:
+                parts.append(key)
+        return f"{self.name}: " + "; ".join(parts)
+
+
+def datasets_with(key: str) -> list[str]:
+    """Dataset names whose spec carries condition `key`."""
+    return [name for name, conds in DATASET_CONDITIONS.items() if key in conds]
+
+
+def check_needs(family_name: str, needs, spec: DataSpec) -> None:
+    """ValueError naming what `family_name` needs and `spec` lacks, with datasets that have it."""
+    for key in needs:
+        if key != "x" and key not in spec.conditions:
+            others = datasets_with(key)
+            what = BATCH_KEYS.get(key, key).split(",")[0]
+            raise ValueError(f"{family_name} needs {what} ({key}); '{spec.name}' has none; "
+                             f"datasets with it: {', '.join(others) if others else 'none yet'}")
+
+
 @dataclass
 class Dataset:
     name: str
     x: torch.Tensor  # uint8 (N, C, H, W) for images; float32 (N, D) for 2-D toys
     y: torch.Tensor | None = None  # int64 (N,) labels, or None
     classes: list[str] = field(default_factory=list)  # class names (index = label)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # other per-sample conditions (BATCH_KEYS)
 
     @property
     def is_image(self) -> bool:
@@ -53,18 +133,34 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def spec(self) -> DataSpec:
+        conditions = (("y",) if self.y is not None else ()) + tuple(self.extra)
+        return DataSpec(self.name, tuple(self.shape), tuple(self.classes), conditions)
+
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Samples at `idx` as model inputs: float [-1, 1] images (or raw toy points) and labels."""
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Samples at `idx` as a dict batch of model inputs: float [-1, 1] images (raw toy points), labels, ..."""
         x = self.x[idx]
-        x = to_float(x) if self.is_image else x.float()
-        return x, (self.y[idx] if self.y is not None else None)
+        out = {"x": to_float(x) if self.is_image else x.float()}
+        if self.y is not None:
+            out["y"] = self.y[idx]
+        for key, v in self.extra.items():
+            v = v[idx]
+            out[key] = to_float(v) if v.dtype == torch.uint8 and v.dim() == 4 else v
+        return out
+
+    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x, y) at `idx`: model inputs and labels (scripts and metrics; the loop uses `batch`)."""
+        b = self.batch(idx)
+        return b["x"], b.get("y")
 
     def subset(self, idx: torch.Tensor) -> Dataset:
         """The samples at `idx` (same name and class list)."""
-        return Dataset(self.name, self.x[idx], self.y[idx] if self.y is not None else None, self.classes)
+        return Dataset(self.name, self.x[idx], self.y[idx] if self.y is not None else None, self.classes,
+                       {k: v[idx] for k, v in self.extra.items()})
 
     def keep_classes(self, labels: list[int]) -> Dataset:
         """Only the samples whose label is in `labels` (one-class training); the class list is unchanged."""

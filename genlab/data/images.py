@@ -49,7 +49,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 def idx_search_dirs(name: str, data_dir: str = "") -> list[Path]:
     dirs = []
     if data_dir:
-        dirs += [Path(data_dir), Path(data_dir) / name]
+        dirs += [Path(data_dir).expanduser(), Path(data_dir).expanduser() / name]
     if os.environ.get("GENLAB_DATA"):
         dirs += [Path(os.environ["GENLAB_DATA"]) / name, Path(os.environ["GENLAB_DATA"])]
     dirs += [Path("/usr/share/datasets") / name, Path.home() / ".cache" / "genlab" / name]
@@ -65,7 +65,18 @@ def _find(dirs: list[Path], stem: str) -> Path | None:
 
 
 def load_idx_dataset(name: str, split: str, data_dir: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, 1, 28, 28) and int64 labels (N,) of an MNIST-format dataset."""
+    """uint8 images (N, 1, 28, 28) and int64 labels (N,) of an MNIST-format dataset.
+
+    A `data_dir` that is given must exist: a mistyped path is an error, never a silent fall-back to the data
+    found elsewhere on the search path.
+    """
+    if data_dir and not Path(data_dir).expanduser().is_dir():
+        what = "is a file, not a folder" if Path(data_dir).expanduser().exists() else "does not exist"
+        raise GenlabError(
+            f"data directory {data_dir} {what} (--data-dir / data.data_dir). To fix: pass the folder that holds "
+            f"the IDX files of '{name}', or leave it empty to search $GENLAB_DATA, /usr/share/datasets/{name} "
+            f"and ~/.cache/genlab/{name}."
+        )
     dirs = idx_search_dirs(name, data_dir)
     image_stem, label_stem = IDX_FILES[split]
     image_path, label_path = _find(dirs, image_stem), _find(dirs, label_stem)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from genlab.errors import GenlabError
 
 
 def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2, pad_value: int = 255) -> torch.Tensor:
@@ -50,6 +52,18 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None) -
 
 
 def load_png(path: str | Path) -> torch.Tensor:
-    """A PNG as uint8 (C, H, W)."""
-    a = np.array(Image.open(path))
+    """A PNG as uint8 (C, H, W): grey (C = 1) or RGB (C = 3; palette and alpha images are converted to RGB).
+
+    An empty, truncated or corrupt file is a `GenlabError` naming it.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise GenlabError(f"cannot read {path}: the file is empty (0 bytes); delete it or save the image again")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("L" if im.mode in ("1", "LA") else "RGB")
+            a = np.array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL raises SyntaxError on bad chunks
+        raise GenlabError(f"cannot read {path}: {e} (a corrupt or truncated PNG; delete it or save it again)") from None
     return torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())

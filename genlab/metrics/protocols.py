@@ -9,6 +9,9 @@ quantised to uint8 before feature extraction, as a user's saved PNG files would 
 from __future__ import annotations
 
 import os
+import sys
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,8 +25,6 @@ from genlab.metrics.inception_score import inception_score
 from genlab.metrics.kid import kid
 from genlab.metrics.mode_coverage import class_coverage
 from genlab.metrics.prdc import prdc_ks
-
-METRICS = ("fid", "kid", "is", "pr", "dc", "acc", "modes", "nll")  # nll: test-set likelihood (models with one)
 
 
 @dataclass(frozen=True)
@@ -75,28 +76,60 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GENLAB_CACHE", Path.home() / ".cache" / "genlab")) / "reference"
 
 
-def _as_uint8(images) -> torch.Tensor:
-    """uint8 (N, C, H, W) from uint8 or float [-1, 1] images (floats are quantised as a saved PNG would be)."""
+class EvalWarning(UserWarning):
+    """A number computed as asked but easy to misread (few samples, a guessed value range); the CLI prints it."""
+
+
+RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}  # value ranges of float images
+OVERSHOOT = 0.025  # values may pass a range's ends by this fraction of its width (resampling, e.g. bicubic)
+
+
+def infer_range(x: torch.Tensor) -> str:
+    """The value range of float images: '-1,1' if any value is below -0.025 (more than a [0, 1] image's resampling
+    overshoot), else '0,1' if all are <= 1.025, else '0,255'.
+
+    Misreading [0, 1] images as [-1, 1] turns them grey and scores real images like a poor model, so values
+    decide; only a degenerate set is misread ([-1, 1] images without one pixel darker than mid-grey, or [0, 255]
+    images that are all black), and `value_range` settles any doubt.
+    """
+    lo, hi = x.min().item(), x.max().item()
+    return "-1,1" if lo < -OVERSHOOT else "0,1" if hi <= 1 + OVERSHOOT else "0,255"
+
+
+def _as_uint8(images, value_range: str | None = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) from uint8 images, or float images in `value_range` ('-1,1', '0,1' or '0,255'; None:
+    `infer_range`, with an `EvalWarning` unless it is [-1, 1]); floats are quantised as a saved PNG would be."""
     x = torch.as_tensor(images)
     if x.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
     if x.dtype == torch.uint8:
         return x
     if not x.is_floating_point():
-        raise ValueError(f"images must be uint8 [0, 255] or float [-1, 1], got {x.dtype}")
+        raise ValueError(f"images must be uint8 [0, 255] or float in [-1, 1], [0, 1] or [0, 255], got {x.dtype}")
     if not torch.isfinite(x).all():
         raise ValueError("images contain NaN or inf")
+    if value_range is not None and value_range not in RANGES:
+        raise unknown("value range", value_range, RANGES)
+    rng = value_range or infer_range(x)
     lo, hi = x.min().item(), x.max().item()
-    if lo < -1.001 or hi > 1.001:
-        raise ValueError(f"float images must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]")
+    a, b = RANGES[rng]
+    if lo < a - OVERSHOOT * (b - a) or hi > b + OVERSHOOT * (b - a):
+        given = f"the given range [{a:g}, {b:g}]" if value_range else "[-1, 1], [0, 1] or [0, 255]"
+        raise ValueError(f"float images must lie in {given}, got values in [{lo:.3g}, {hi:.3g}]")
+    if value_range is None and rng != "-1,1":
+        warnings.warn(f"float images with values in [{lo:.3g}, {hi:.3g}], none clearly negative, were read as "
+                      f"[{a:g}, {b:g}]; if they are [-1, 1] images pass --range=-1,1 (Python: value_range='-1,1'); "
+                      f"--range={rng} confirms this reading and silences this note", EvalWarning, stacklevel=3)
+    if rng != "-1,1":
+        x = (x.double() - a) * (2.0 / (b - a)) - 1.0  # -> [-1, 1], then the one uint8 mapping (genlab.data)
     return to_uint8(x)
 
 
-def extract_features(images, extractor: str) -> dict[str, np.ndarray]:
-    """{'features': (N, D) float64, 'logits': (N, C) float64} of images through a bundled evaluator."""
+def extract_features(images, extractor: str, *, value_range: str | None = None) -> dict[str, np.ndarray]:
+    """{'features': (N, D) float64, 'logits': (N, C) float64} of images (see `_as_uint8`) through a bundled evaluator."""
     from genlab.metrics.evaluators import extract, load_evaluator
 
-    out = extract(load_evaluator(extractor), _as_uint8(images))
+    out = extract(load_evaluator(extractor), _as_uint8(images, value_range))
     return {k: v.double().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, np.float64) for k, v in out.items()}
 
 
@@ -118,6 +151,8 @@ def reference_features(protocol: Protocol, split: str | None = None, *, data_dir
         except Exception:  # a damaged cache file is recomputed, never trusted
             path.unlink(missing_ok=True)
     data = load_dataset(protocol.dataset, split, data_dir=data_dir)
+    print(f"genlab: computing {protocol.extractor} features of {protocol.dataset}/{split} ({len(data):,} images; once, "
+          f"then cached in {path.parent})", file=sys.stderr, flush=True)
     feats = extract_features(data.x, protocol.extractor)
     feats["labels"] = data.y.numpy().astype(np.int64) if data.y is not None else np.zeros(0, np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,37 +170,91 @@ def _subset(d: dict[str, np.ndarray], n: int, seed: int) -> dict[str, np.ndarray
     return {k: (v[idx] if len(v) == total else v) for k, v in d.items()}
 
 
-def compute_metrics(fake: dict[str, np.ndarray], real: dict[str, np.ndarray], protocol: Protocol,
-                    metrics=METRICS, *, labels=None, num_classes: int | None = None) -> dict[str, float]:
-    """All requested metrics from fake and real {'features', 'logits'} (the statistics stage)."""
+Features = dict[str, np.ndarray]  # {'features': (N, D), 'logits': (N, C), optional 'labels': (N,)}
+
+
+def _fid(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """Fréchet distance of Gaussians fitted to the features (Heusel et al. 2017)."""
+    return {"fid": frechet_distance(gaussian_stats(fake["features"]), gaussian_stats(real["features"]))}
+
+
+def _kid(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """Unbiased MMD^2 with a cubic kernel over the protocol's subsets (Bińkowski et al. 2018)."""
+    return kid(real["features"], fake["features"], subsets=p.kid_subsets, subset_size=p.kid_subset_size)
+
+
+def _is(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """Inception Score of the fake logits (Salimans et al. 2016)."""
+    return inception_score(fake["logits"], splits=p.is_splits)
+
+
+def _prdc(fake: Features, real: Features, p: Protocol) -> dict[int, dict[str, float]]:
+    """P/R/D/C at k = pr_k and dc_k from ONE k-NN pass (the costly part), kept in the per-call `fake` copy that
+    `compute_metrics` makes, so 'pr' and 'dc' share it."""
+    if "_prdc" not in fake:
+        fake["_prdc"] = prdc_ks(real["features"], fake["features"], ks=(p.pr_k, p.dc_k))
+    return fake["_prdc"]
+
+
+def _pr(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """Improved precision and recall at k = pr_k (Kynkäänniemi et al. 2019)."""
+    r = _prdc(fake, real, p)[p.pr_k]
+    return {"precision": r["precision"], "recall": r["recall"]}
+
+
+def _dc(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """Density and coverage at k = dc_k (Naeem et al. 2020)."""
+    r = _prdc(fake, real, p)[p.dc_k]
+    return {"density": r["density"], "coverage": r["coverage"]}
+
+
+def _modes(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """Classes the evaluator sees in the fake images, and reverse KL to the real labels' histogram."""
+    if not len(real.get("labels", [])):
+        return {}
+    return class_coverage(fake["logits"].argmax(1), real["labels"], fake["logits"].shape[1])
+
+
+def _acc(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """Conditional accuracy: the evaluator's prediction against each fake image's requested label."""
+    if fake.get("labels") is None:
+        return {}
+    labels = np.asarray(torch.as_tensor(fake["labels"]).cpu()).reshape(-1)
+    pred = fake["logits"].argmax(1)
+    if len(labels) != len(pred):
+        raise ValueError(f"{len(labels)} labels for {len(pred)} images")
+    return {"cond_acc": float((pred == labels).mean())}
+
+
+# name -> pure function of (fake, real, protocol); adding a metric is one line. Results keep this order.
+METRIC_FNS: dict[str, Callable[[Features, Features, Protocol], dict]] = {
+    "fid": _fid, "kid": _kid, "is": _is, "pr": _pr, "dc": _dc, "modes": _modes, "acc": _acc,
+}
+METRICS = (*METRIC_FNS, "nll")  # nll: test-set likelihood of a model that has one (computed by the training code)
+SAMPLE_SIZE_METRICS = ("fid", "kid", "is", "pr", "dc")  # biased or noisy at small n
+
+
+def compute_metrics(fake: Features, real: Features, protocol: Protocol, metrics=METRICS, *,
+                    labels=None) -> dict[str, float]:
+    """All requested metrics from fake and real {'features', 'logits'} (the statistics stage).
+
+    `labels`: the requested class of each fake image (conditional accuracy); without them 'acc' is skipped.
+    """
     bad = [m for m in metrics if m not in METRICS]
     if bad:
         raise unknown("metric", bad[0], METRICS)
+    fake = {**fake, "labels": labels}  # a per-call copy: metric functions may keep shared statistics in it
     out: dict[str, float] = {}
-    if "fid" in metrics:
-        out["fid"] = frechet_distance(gaussian_stats(fake["features"]), gaussian_stats(real["features"]))
-    if "kid" in metrics:
-        out.update(kid(real["features"], fake["features"], subsets=protocol.kid_subsets,
-                       subset_size=protocol.kid_subset_size))
-    if "is" in metrics:
-        out.update(inception_score(fake["logits"], splits=protocol.is_splits))
-    ks = [k for m, k in (("pr", protocol.pr_k), ("dc", protocol.dc_k)) if m in metrics]
-    if ks:  # one pass serves both k
-        r = prdc_ks(real["features"], fake["features"], ks=ks)
-        if "pr" in metrics:
-            out.update(precision=r[protocol.pr_k]["precision"], recall=r[protocol.pr_k]["recall"])
-        if "dc" in metrics:
-            out.update(density=r[protocol.dc_k]["density"], coverage=r[protocol.dc_k]["coverage"])
-    pred = fake["logits"].argmax(1)
-    c = num_classes or fake["logits"].shape[1]
-    if "modes" in metrics and len(real.get("labels", [])):
-        out.update(class_coverage(pred, real["labels"], c))
-    if "acc" in metrics and labels is not None:
-        labels = np.asarray(torch.as_tensor(labels).cpu()).reshape(-1)
-        if len(labels) != len(pred):
-            raise ValueError(f"{len(labels)} labels for {len(pred)} images")
-        out["cond_acc"] = float((pred == labels).mean())
+    for name, fn in METRIC_FNS.items():
+        if name in metrics:
+            out.update(fn(fake, real, protocol))
     return out
+
+
+def min_samples(protocol: Protocol, feature_dim: int) -> int:
+    """Fewest images per side worth reporting: 4x the feature dimension (a covariance estimate needs n well above
+    d; FID's bias grows as 1/n, Chong & Forsyth 2020), or the protocol's own n when that is smaller."""
+    return min(protocol.n, 4 * feature_dim)
 
 
 def protocol_record(protocol: Protocol, n_fake: int, n_real: int) -> dict:
@@ -176,27 +265,43 @@ def protocol_record(protocol: Protocol, n_fake: int, n_real: int) -> dict:
 
 
 def evaluate(images_or_features, reference=None, *, protocol: str | Protocol = "fmnist", metrics=METRICS,
-             labels=None, seed: int = 0) -> dict:
-    """Evaluate generated images (uint8, or float in [-1, 1]) or precomputed {'features', 'logits'}.
+             labels=None, seed: int = 0, value_range: str | None = None) -> dict:
+    """Evaluate generated images or precomputed {'features', 'logits'}.
 
+    Images are uint8 (taken as is) or float: `value_range` '-1,1', '0,1' or '0,255', or None to infer it from
+    the values (`infer_range`: any clearly negative value: [-1, 1]; else all <= 1: [0, 1]; else [0, 255]) with an
+    `EvalWarning` saying so.
     `reference`: None for the protocol's reference split (cached), or real images / feature dict.
     `labels`: the requested class of each image, for conditional accuracy. Returns the values and, under
-    'protocol', the full record (extractor, its weights hash, N, k, quantisation).
+    'protocol', the full record (extractor, its weights hash, N, k, quantisation). Warns (`EvalWarning`) when
+    either side has fewer images than `min_samples`.
     """
     p = get_protocol(protocol) if isinstance(protocol, str) else protocol
-    fake = images_or_features if isinstance(images_or_features, dict) else extract_features(images_or_features, p.extractor)
+    if isinstance(images_or_features, dict):
+        fake = images_or_features
+    else:
+        fake = extract_features(images_or_features, p.extractor, value_range=value_range)
     if reference is None:
         real = _subset(reference_features(p), p.n, seed)
     elif isinstance(reference, dict):
         real = reference
     else:
         real = extract_features(reference, p.extractor)
+    n, d = min(len(fake["features"]), len(real["features"])), fake["features"].shape[1]
+    small, need = [m for m in metrics if m in SAMPLE_SIZE_METRICS], min_samples(p, d)
+    if small and n < need:
+        warnings.warn(f"only {n} images; {need} is the minimum for {', '.join(small)} under protocol '{p.name}' (the "
+                      f"smaller of its n = {p.n} and 4x the {d} feature dimensions): at small n FID is biased upward "
+                      f"(about as 1/n) and KID, IS, precision/recall/density/coverage are noisy, so compare only with "
+                      f"the data-vs-data row at the same n, and report numbers at n >= {need}",
+                      EvalWarning, stacklevel=2)
     values = compute_metrics(fake, real, p, metrics, labels=labels)
     return {**values, "protocol": protocol_record(p, len(fake["features"]), len(real["features"]))}
 
 
-def floor(protocol: str | Protocol = "fmnist", metrics=METRICS, seed: int = 0) -> dict:
-    """The 'data vs data' row: n images of the floor split (train) against the reference split (test)."""
+def floor(protocol: str | Protocol = "fmnist", metrics=METRICS, seed: int = 0, *, n: int | None = None) -> dict:
+    """The 'data vs data' row: n images (default the protocol's n) of the floor split (train) against the
+    reference split (test). Compare a model with the floor at the model's own n: P/R/D/C and FID move with n."""
     p = get_protocol(protocol) if isinstance(protocol, str) else protocol
-    fake = _subset(reference_features(p, p.floor_split), p.n, seed)
+    fake = _subset(reference_features(p, p.floor_split), n or p.n, seed)
     return evaluate(fake, None, protocol=p, metrics=metrics, labels=fake["labels"] if "acc" in metrics else None, seed=seed)

@@ -14,7 +14,8 @@ reconstruction error (`anomaly_score`, used by `genlab anomaly`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,32 +25,31 @@ from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, decoder_mean, featur
 from genlab.rng import SampleRNG
 
 SAMPLERS = ()  # no prior: see the module docstring
-LOSSES = ("mse", "bce")
+SAMPLE_OPTIONS = ()
 CORRUPTIONS = ("none", "gaussian", "mask", "salt-pepper")
 
 
 @dataclass
 class Config:
-    data_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # set from the dataset: [C, H, W] or [D]
-    num_classes: int = 0  # set from the dataset (unused)
     latent_dim: int = 32  # size of z; 2 for a latent you can plot, 16-64 for images
     channels: int = 32  # conv width of the first encoder level (doubles at the second)
     mlp_hidden: int = 256  # hidden width for 2-D points
-    loss: str = "mse"  # mse (on [-1, 1] values) | bce (pixel intensities in [0, 1]; decoder outputs logits)
-    corruption: str = "none"  # denoising AE: none | gaussian | mask | salt-pepper
+    loss: Literal["mse", "bce"] = "mse"  # mse on [-1, 1] values | bce on intensities in [0, 1] (logits out)
+    corruption: Literal["none", "gaussian", "mask", "salt-pepper"] = "none"  # denoising AE's input corruption
     noise: float = 0.3  # gaussian: std in [-1, 1] units; mask / salt-pepper: fraction of values corrupted
     lr: float = 1e-3  # Adam learning rate
 
 
+def needs(cfg: Config) -> tuple[str, ...]:
+    return ("x",)
+
+
 class AE(nn.Module):
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, spec):
         super().__init__()
-        if cfg.loss not in LOSSES:
-            raise ValueError(f"unknown loss '{cfg.loss}'; expected one of: {', '.join(LOSSES)}")
-        if cfg.corruption not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption '{cfg.corruption}'; expected one of: {', '.join(CORRUPTIONS)}")
-        self.cfg = cfg
-        z, shape = cfg.latent_dim, cfg.data_shape
+        self.cfg, self.spec = cfg, spec
+        self.data_shape = shape = list(spec.shape)
+        z = cfg.latent_dim
         if len(shape) == 1:
             self.encoder = mlp(shape[0], cfg.mlp_hidden, z)
             self.decoder = mlp(z, cfg.mlp_hidden, shape[0])
@@ -66,8 +66,8 @@ class AE(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def build(cfg: Config) -> AE:
-    return AE(cfg)
+def build(cfg: Config, spec, deps) -> AE:
+    return AE(cfg, spec)
 
 
 def make_optimizers(model: AE, cfg: Config) -> dict[str, torch.optim.Optimizer]:
@@ -102,13 +102,16 @@ def reconstruction_error(cfg: Config, out: torch.Tensor, x: torch.Tensor) -> tor
 
 def train_step(model, batch, opts, ctx) -> dict[str, float]:
     """One step on the reconstruction error of the clean x from the (possibly corrupted) input."""
-    x, _ = batch
-    cfg = ctx.unwrap(model).cfg
-    assert list(x.shape[1:]) == list(cfg.data_shape), f"batch {tuple(x.shape)} vs data_shape {cfg.data_shape}"
-    loss = reconstruction_error(cfg, model(corrupt(x, cfg.corruption, cfg.noise, ctx.rng)).float(), x).mean()
-    ctx.backward(loss)
-    ctx.optimizer_step(opts["model"], model)
-    return {"loss": loss.item()}
+    ae = ctx.unwrap(model)
+    cfg = ae.cfg
+    assert list(batch["x"].shape[1:]) == ae.data_shape, f"batch {tuple(batch['x'].shape)} vs data {ae.data_shape}"
+
+    def loss(mb, rng):
+        x = mb["x"]
+        value = reconstruction_error(cfg, model(corrupt(x, cfg.corruption, cfg.noise, rng)).float(), x).mean()
+        return value, {"loss": value.item()}
+
+    return ctx.update("model", loss)
 
 
 @torch.no_grad()
@@ -129,14 +132,14 @@ def anomaly_score(model: AE, x: torch.Tensor, *, generator: torch.Generator | No
     return reconstruction_error(model.cfg, model(x).float(), x)
 
 
-def sample(model: AE, n: int, *, cond=None, generator: torch.Generator | None = None, sampler: str | None = None):
+def sample(model: AE, n: int, *, cond: dict | None = None, generator: torch.Generator | None = None):
     raise ValueError("the autoencoder has no prior to sample from; fit a GMM on its latents "
                      "(genlab train gmm --config gmm-latent-fmnist model.autoencoder=RUN) or use a VAE")
 
 
-def report_images(model: AE, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def report_images(model: AE, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Reconstructions (originals over reconstructions) and, for a denoising AE, corrupted inputs over denoised."""
-    x = batch[0][:10].to(next(model.parameters()).device)
+    x = batch["x"][:10].to(next(model.parameters()).device)
     if x.dim() != 4:
         return {}
     out = {"reconstructions": torch.stack([x, decode(model, encode(model, x))]).cpu()}  # (2, n, C, H, W)

@@ -14,7 +14,8 @@ packing of m samples per D input (Lin et al. 2018).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,18 +25,16 @@ from genlab.models.labels import class_labels
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)
-LOSSES = ("minimax", "nonsaturating", "hinge", "lsgan", "wgan-gp")
-COND_D = ("projection", "concat")
+SAMPLE_OPTIONS = ("sampler", "batch_size")
+EMA_MODULES = ("G",)  # the EMA averages the generator only; D is never sampled from
 
 
 @dataclass
 class Config:
-    data_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # set from the dataset: [C, H, W] or [D]
-    num_classes: int = 0  # set from the dataset
-    class_cond: bool = False  # conditional GAN: labels into G (embedding) and D
-    cond_d: str = "projection"  # how D sees labels: projection (Miyato & Koyama 2018) | concat (Mirza & Osindero)
+    class_cond: bool = False  # conditional GAN: labels into G (embedding) and D (needs labelled data)
+    cond_d: Literal["projection", "concat"] = "projection"  # how D sees labels: Miyato & Koyama 2018 | Mirza & Osindero
     latent_dim: int = 64  # size of z; 2-8 for toys, 64-128 for images
-    loss: str = "nonsaturating"  # minimax | nonsaturating | hinge | lsgan | wgan-gp
+    loss: Literal["minimax", "nonsaturating", "hinge", "lsgan", "wgan-gp"] = "nonsaturating"  # see the module docstring
     mlp_hidden: int = 128  # toy networks' width
     mlp_layers: int = 3  # toy networks' hidden layers
     channels: int = 64  # DCGAN width (D: c, 2c; G: 2c, c)
@@ -50,15 +49,15 @@ class Config:
     beta2: float = 0.999  # Adam beta2 (0.9 for WGAN-GP)
 
 
-def validate(cfg: Config) -> None:
-    if cfg.loss not in LOSSES:
-        raise ValueError(f"unknown loss '{cfg.loss}'; expected one of: {', '.join(LOSSES)}")
-    if cfg.cond_d not in COND_D:
-        raise ValueError(f"unknown cond_d '{cfg.cond_d}'; expected one of: {', '.join(COND_D)}")
+def needs(cfg: Config) -> tuple[str, ...]:
+    return ("x", "y") if cfg.class_cond else ("x",)
+
+
+def validate(cfg: Config, shape: list[int]) -> None:
     if cfg.pack < 1 or cfg.d_steps < 1:
         raise ValueError("model.pack and model.d_steps must be >= 1")
-    if len(cfg.data_shape) == 3 and cfg.data_shape[1] % 4:
-        raise ValueError(f"DCGAN needs an image size divisible by 4, got {cfg.data_shape[1]}")
+    if len(shape) == 3 and shape[1] % 4:
+        raise ValueError(f"DCGAN needs an image size divisible by 4, got {shape[1]}")
 
 
 # ----------------------------------------------------------------------------- networks
@@ -67,19 +66,18 @@ def validate(cfg: Config) -> None:
 class Generator(nn.Module):
     """z (B, Z) [+ labels] -> samples: an MLP for points, a DCGAN stack of transposed convs for images."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, shape: list[int], n_cls: int):
         super().__init__()
         self.cfg = cfg
-        n_cls = cfg.num_classes if cfg.class_cond else 0
         self.label_emb = nn.Embedding(n_cls, cfg.latent_dim) if n_cls else None
-        if len(cfg.data_shape) == 1:
+        if len(shape) == 1:
             h, layers, d = cfg.mlp_hidden, [], cfg.latent_dim
             for _ in range(cfg.mlp_layers):
                 layers += [nn.Linear(d, h), nn.ReLU()]
                 d = h
-            self.net = nn.Sequential(*layers, nn.Linear(d, cfg.data_shape[0]))
+            self.net = nn.Sequential(*layers, nn.Linear(d, shape[0]))
             return
-        c, H, W = cfg.data_shape
+        c, H, W = shape
         c1, c2 = cfg.channels, 2 * cfg.channels
         self.net = nn.Sequential(
             nn.Linear(cfg.latent_dim, c2 * (H // 4) * (W // 4)), nn.Unflatten(1, (c2, H // 4, W // 4)),
@@ -97,22 +95,21 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """(B, *data_shape) [+ labels] -> logits (B / pack,): pack samples are concatenated into one D input."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, shape: list[int], n_cls: int):
         super().__init__()
         self.cfg = cfg
         sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
-        n_cls = cfg.num_classes if cfg.class_cond else 0
         concat = n_cls and cfg.cond_d == "concat"
-        self.concat_emb = nn.Embedding(n_cls, cfg.data_shape[0] if len(cfg.data_shape) == 1 else cfg.data_shape[1] * cfg.data_shape[2]) if concat else None
-        extra = 1 if concat and len(cfg.data_shape) == 3 else (cfg.data_shape[0] if concat else 0)
-        if len(cfg.data_shape) == 1:
-            h, layers, d = cfg.mlp_hidden, [], cfg.pack * (cfg.data_shape[0] + extra)
+        self.concat_emb = nn.Embedding(n_cls, shape[0] if len(shape) == 1 else shape[1] * shape[2]) if concat else None
+        extra = 1 if concat and len(shape) == 3 else (shape[0] if concat else 0)
+        if len(shape) == 1:
+            h, layers, d = cfg.mlp_hidden, [], cfg.pack * (shape[0] + extra)
             for _ in range(cfg.mlp_layers):
                 layers += [sn(nn.Linear(d, h)), nn.LeakyReLU(0.2)]
                 d = h
             self.features = nn.Sequential(*layers)
         else:
-            c, H, W = cfg.data_shape
+            c, H, W = shape
             c1, c2 = cfg.channels, 2 * cfg.channels
             self.features = nn.Sequential(
                 sn(nn.Conv2d(cfg.pack * (c + extra), c1, 4, 2, 1)), nn.LeakyReLU(0.2),  # H -> H/2
@@ -145,14 +142,16 @@ def pack(x: torch.Tensor, m: int) -> torch.Tensor:
 class GAN(nn.ModuleDict):
     """{"G": Generator, "D": Discriminator}, each optimised (and, under DDP, prepared) separately."""
 
-    def __init__(self, cfg: Config):
-        validate(cfg)
-        super().__init__({"G": Generator(cfg), "D": Discriminator(cfg)})
-        self.cfg = cfg
+    def __init__(self, cfg: Config, spec):
+        shape = list(spec.shape)
+        validate(cfg, shape)
+        n_cls = spec.num_classes if cfg.class_cond else 0
+        super().__init__({"G": Generator(cfg, shape, n_cls), "D": Discriminator(cfg, shape, n_cls)})
+        self.cfg, self.spec, self.data_shape, self.num_classes = cfg, spec, shape, n_cls
 
 
-def build(cfg: Config) -> GAN:
-    return GAN(cfg)
+def build(cfg: Config, spec, deps) -> GAN:
+    return GAN(cfg, spec)
 
 
 def make_optimizers(model: GAN, cfg: Config) -> dict[str, torch.optim.Optimizer]:
@@ -201,51 +200,56 @@ def r1_penalty(D, real, y) -> torch.Tensor:
 
 
 def train_step(model, batch, opts, ctx) -> dict[str, float]:
-    """d_steps D updates on the batch (fresh z each), then one G update. Each network through its own forward."""
-    x, y = batch
-    cfg = ctx.unwrap(model).cfg
-    assert list(x.shape[1:]) == list(cfg.data_shape), f"batch {tuple(x.shape)} vs data_shape {cfg.data_shape}"
+    """d_steps D phases on the batch (fresh z each), then one G phase. Each network through its own forward.
+
+    Each phase is one optimizer step over the whole batch (`ctx.update`), so with gradient accumulation D is
+    updated on all micro-batches before G trains against it, as with one big batch.
+    """
+    gan = ctx.unwrap(model)
+    cfg, shape = gan.cfg, gan.data_shape
+    assert list(batch["x"].shape[1:]) == shape, f"batch {tuple(batch['x'].shape)} vs data {shape}"
     G, D = model["G"], model["D"]
-    y = y if cfg.class_cond else None
-    for _ in range(cfg.d_steps):
-        # ---- D: maximise the game on real vs fake (G frozen)
-        opts["D"].zero_grad(set_to_none=True)  # drop D grads left over from the last G step
+
+    def d_phase(mb, rng):  # D: maximise the game on real vs fake (G frozen)
+        x, y = mb["x"], mb["y"] if cfg.class_cond else None
         with torch.no_grad():
-            fake = G(ctx.rng.randn(cfg.latent_dim).to(x.device), y)
+            fake = G(rng.randn(cfg.latent_dim).to(x.device), y)
         logits = D(torch.cat([x, fake]), torch.cat([y, y]) if y is not None else None)  # one forward for DDP
         d_real, d_fake = logits.chunk(2)
         loss_d = d_loss(cfg.loss, d_real, d_fake)
         if cfg.loss == "wgan-gp":
-            eps = ctx.rng.rand(*([1] * len(cfg.data_shape))).to(x.device)
+            eps = rng.rand(*([1] * len(shape))).to(x.device)
             loss_d = loss_d + cfg.gp_weight * gradient_penalty(D, x, fake, y, eps)
         if cfg.r1_gamma > 0:
             loss_d = loss_d + cfg.r1_gamma / 2 * r1_penalty(D, x, y)
-        ctx.backward(loss_d)
-        ctx.optimizer_step(opts["D"], D)
-    # ---- G: minimise its loss through D's judgement of fresh fakes
-    fake = G(ctx.rng.randn(cfg.latent_dim).to(x.device), y)
-    d_fake_g = D(fake, y)
-    loss_g = g_loss(cfg.loss, d_fake_g)
-    ctx.backward(loss_g)
-    ctx.optimizer_step(opts["G"], G)
-    return {"loss": (loss_d + loss_g).item(), "loss_d": loss_d.item(), "loss_g": loss_g.item(),
-            "d_acc_real": (d_real > 0).float().mean().item(), "d_acc_fake": (d_fake < 0).float().mean().item()}
+        return loss_d, {"loss_d": loss_d.item(), "d_acc_real": (d_real > 0).float().mean().item(),
+                        "d_acc_fake": (d_fake < 0).float().mean().item()}
+
+    def g_phase(mb, rng):  # G: minimise its loss through D's judgement of fresh fakes
+        y = mb["y"] if cfg.class_cond else None
+        loss_g = g_loss(cfg.loss, D(G(rng.randn(cfg.latent_dim).to(mb["x"].device), y), y))
+        return loss_g, {"loss_g": loss_g.item()}
+
+    for _ in range(cfg.d_steps):
+        logs = ctx.update("D", d_phase)
+    logs.update(ctx.update("G", g_phase))
+    return {"loss": logs["loss_d"] + logs["loss_g"], **logs}
 
 
 # ----------------------------------------------------------------------------- sampling
 
 
 @torch.no_grad()
-def sample(model: GAN, n: int, *, cond=None, generator: torch.Generator | None = None, sampler: str | None = None,
+def sample(model: GAN, n: int, *, cond: dict | None = None, generator: torch.Generator | None = None, sampler: str | None = None,
            batch_size: int = 1024) -> torch.Tensor:
     """G(z), z ~ N(0, I) per sample; class-conditional with `cond` (labels, or one label for all)."""
     cfg = model.cfg
     if sampler not in (None, *SAMPLERS):
         raise ValueError(f"unknown sampler '{sampler}' for gan; expected one of: {', '.join(SAMPLERS)}")
     device = next(model.parameters()).device
-    cond = class_labels(cond, n, cfg.class_cond, cfg.num_classes)
+    cond = class_labels(cond, n, cfg.class_cond, model.num_classes)
     if cond is None and cfg.class_cond:
-        cond = torch.arange(n) % cfg.num_classes  # balanced classes when none are asked for
+        cond = torch.arange(n) % model.num_classes  # balanced classes when none are asked for
     G = model["G"]
     was_training = G.training
     G.eval()

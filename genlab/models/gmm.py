@@ -9,7 +9,7 @@ Buffer layout (as `GaussianMixture.covariances_` / `precisions_cholesky_`), K co
 full (K, D, D), tied (D, D), diag (K, D), spherical (K,). The precision Cholesky factor U is upper
 triangular with Sigma^-1 = U U^T (diag / spherical: 1 / sigma).
 
-A GMM is fit in closed form, not by gradient steps: the family has `fit(model, x, y, *, seed)` instead of a
+A GMM is fit in closed form, not by gradient steps: the family has `fit(model, batch, *, seed)` instead of a
 working `train_step`, and the training loop calls it once on the whole training set.
 
 Likelihood convention (as the VAE's): for 8-bit images the continuous density on [-1, 1] becomes the discrete
@@ -21,46 +21,51 @@ needs p to be roughly flat across one bin (sigma >> 2/256); pixels that are cons
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from genlab.progress import bar
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)
-COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
+SAMPLE_OPTIONS = ("sampler", "batch_size")
+DEPS = ("autoencoder",)  # config fields naming runs this family is built on (loaded frozen by the loop)
+DEP_FAMILIES = {"autoencoder": ("ae", "vae", "vqvae")}  # families with continuous encode/decode
 
 
 @dataclass
 class Config:
-    data_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # set from the dataset: [C, H, W] or [D]
-    num_classes: int = 0  # set from the dataset (unused: the GMM is unconditional)
     n_components: int = 10  # K, mixture components; 8-25 for the toys, 10-100 for pixels or latents
-    covariance_type: str = "full"  # full | diag | tied | spherical (scikit-learn's names)
+    covariance_type: Literal["full", "diag", "tied", "spherical"] = "full"  # scikit-learn's names
     max_iter: int = 100  # EM iterations (scikit-learn stops earlier at tol 1e-3 on the mean log-likelihood)
     reg_covar: float = 1e-6  # added to covariance diagonals; ~1e-4 for pixels (constant pixels, see docstring)
     max_fit: int = 0  # cap on training points used by the fit (a seeded random subset); 0 = all
     autoencoder: str = ""  # a trained ae/vae/vqvae run directory: fit on its latents, decode samples; "" = pixels
 
 
-class GMM(nn.Module):
-    """The mixture's parameters as float64 buffers (+ the frozen autoencoder of a latent GMM)."""
+def needs(cfg: Config) -> tuple[str, ...]:
+    return ("x",)
 
-    def __init__(self, cfg: Config):
+
+class GMM(nn.Module):
+    """The mixture's parameters as float64 buffers (+ the frozen autoencoder of a latent GMM, a dependency)."""
+
+    def __init__(self, cfg: Config, spec, autoencoder=None):
         super().__init__()
-        if cfg.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(f"unknown covariance_type '{cfg.covariance_type}'; expected one of: {', '.join(COVARIANCE_TYPES)}")
         if cfg.n_components < 1:
             raise ValueError(f"model.n_components must be >= 1, got {cfg.n_components}")
-        self.cfg = cfg
+        self.cfg, self.spec = cfg, spec
+        self.data_shape = list(spec.shape)
         self.ae_family = None  # the autoencoder's family module (a plain attribute, not state)
         self.latent_shape: list[int] = []
-        if cfg.autoencoder:
-            self._load_autoencoder(cfg)
+        if autoencoder is not None:
+            self._attach_autoencoder(autoencoder)
             dim = math.prod(self.latent_shape)
         else:
-            dim = math.prod(cfg.data_shape)
+            dim = math.prod(self.data_shape)
         K, D = cfg.n_components, dim
         eye = torch.eye(D, dtype=torch.float64)
         cov = {"full": eye.expand(K, D, D), "tied": eye, "diag": torch.ones(K, D, dtype=torch.float64),
@@ -71,33 +76,22 @@ class GMM(nn.Module):
         self.register_buffer("covariances", cov.clone())  # Sigma_k, scikit-learn's layout
         self.register_buffer("precisions_cholesky", cov.clone())  # U_k with Sigma_k^-1 = U_k U_k^T
 
-    def _load_autoencoder(self, cfg: Config) -> None:
-        # The one upward import in a family file, done lazily: a latent GMM needs a *trained* autoencoder, and
-        # the design loads trained models through the checkpoint API (load_run), never by importing a family.
-        from pathlib import Path
-
-        from genlab.training.run import load_run
-
-        if not (Path(cfg.autoencoder) / "checkpoints").is_dir():
-            raise ValueError(f"model.autoencoder={cfg.autoencoder} is not a run directory; train an autoencoder first, "
-                             "e.g. genlab train vae --config vae-fmnist")
-        run = load_run(cfg.autoencoder)
-        if not (hasattr(run.family, "encode") and hasattr(run.family, "decode")):
-            raise ValueError(f"model.autoencoder={cfg.autoencoder} is a '{run.family_name}' run; a latent GMM needs a "
-                             "family with encode/decode (ae, vae, vqvae)")
-        if list(run.config.model.data_shape) != list(cfg.data_shape):
-            raise ValueError(f"model.autoencoder={cfg.autoencoder} was trained on data of shape "
-                             f"{list(run.config.model.data_shape)}, not {list(cfg.data_shape)}")
-        self.autoencoder = run.model.eval().requires_grad_(False)  # a submodule: its weights go into checkpoints
+    def _attach_autoencoder(self, run) -> None:
+        """A trained autoencoder run, loaded frozen by the loop (`deps["autoencoder"]`): a submodule that the
+        loop keeps out of checkpoints (the run stores it once, under RUN/deps/autoencoder)."""
+        if list(run.spec.shape) != self.data_shape:
+            raise ValueError(f"model.autoencoder was trained on data of shape {list(run.spec.shape)}, "
+                             f"not {self.data_shape}")
+        self.autoencoder = run.model
         self.ae_family = run.family
-        z = run.family.encode(self.autoencoder, torch.zeros(1, *cfg.data_shape))
+        z = run.family.encode(self.autoencoder, torch.zeros(1, *self.data_shape))
         if not isinstance(z, torch.Tensor) or not z.is_floating_point():
             raise ValueError(f"the '{run.family_name}' family's encode does not return continuous latents")
         self.latent_shape = list(z.shape[1:])
 
 
-def build(cfg: Config) -> GMM:
-    return GMM(cfg)
+def build(cfg: Config, spec, deps) -> GMM:
+    return GMM(cfg, spec, deps.get("autoencoder"))
 
 
 def make_optimizers(model: GMM, cfg: Config) -> dict[str, torch.optim.Optimizer]:
@@ -110,36 +104,54 @@ def train_step(model, batch, opts, ctx) -> dict[str, float]:
 
 
 @torch.no_grad()
-def features(model: GMM, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def features(model: GMM, x: torch.Tensor, chunk: int = 1024, progress: bool | None = False) -> torch.Tensor:
     """What the mixture models, (B, D) float64: flattened points or pixels, or the autoencoder's latents."""
-    assert list(x.shape[1:]) == list(model.cfg.data_shape), f"batch {tuple(x.shape)} vs data_shape {model.cfg.data_shape}"
+    assert list(x.shape[1:]) == model.data_shape, f"batch {tuple(x.shape)} vs data {model.data_shape}"
     if model.ae_family is None:
         return x.flatten(1).double()  # (B, D)
     device = model.weights.device
-    z = [model.ae_family.encode(model.autoencoder, x[i : i + chunk].to(device)) for i in range(0, len(x), chunk)]
+    z = [model.ae_family.encode(model.autoencoder, x[i : i + chunk].to(device))
+         for i in bar(range(0, len(x), chunk), progress=progress, desc="encoding", leave=False)]
     return torch.cat(z).flatten(1).double()  # (B, D)
 
 
-def fit(model: GMM, x: torch.Tensor, y: torch.Tensor | None = None, *, seed: int = 0) -> dict[str, float]:
-    """EM on x (N, ...) through `sklearn.mixture.GaussianMixture`; the fitted parameters go into the buffers.
+def fit(model: GMM, batch: dict, *, seed: int = 0) -> dict[str, float]:
+    """EM on the whole training set batch["x"] (N, ...) through `sklearn.mixture.GaussianMixture`.
+
+    The fitted parameters go into the buffers.
 
     Returns the fit's summary: `log_prob` (mean log-density of the training points in nats, continuous,
-    scikit-learn's `lower_bound_`), `n_iter` and `converged`.
+    scikit-learn's `lower_bound_`), `n_iter` and `converged`. EM runs one iteration per `fit` call with
+    `warm_start` (the same iterates as one call with `max_iter`), so a progress bar can follow it.
     """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     cfg = model.cfg
+    x = batch["x"]
     if cfg.max_fit and len(x) > cfg.max_fit:
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: cfg.max_fit]]
-    feats = features(model, x).cpu().numpy()
-    gm = GaussianMixture(cfg.n_components, covariance_type=cfg.covariance_type, max_iter=cfg.max_iter,
+    feats = features(model, x, progress=None).cpu().numpy()
+    gm = GaussianMixture(cfg.n_components, covariance_type=cfg.covariance_type, max_iter=1, warm_start=True,
                          reg_covar=cfg.reg_covar, random_state=seed % 2**32)
-    gm.fit(feats)
+    n_iter = 0
+    steps = bar(range(cfg.max_iter), progress=None, desc=f"EM, {cfg.n_components} components on {feats.shape}")
+    for _ in steps:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # one iteration per call "does not converge"
+            gm.fit(feats)
+        n_iter += 1
+        steps.set_postfix(log_prob=f"{gm.lower_bound_:.4g}")
+        if gm.converged_:
+            break
+    steps.close()
     for name, value in (("weights", gm.weights_), ("means", gm.means_), ("covariances", gm.covariances_),
                         ("precisions_cholesky", gm.precisions_cholesky_)):
         buf = getattr(model, name)
         buf.copy_(torch.as_tensor(value, dtype=torch.float64).reshape(buf.shape))
-    return {"log_prob": float(gm.lower_bound_), "n_iter": float(gm.n_iter_), "converged": float(gm.converged_)}
+    return {"log_prob": float(gm.lower_bound_), "n_iter": float(n_iter), "converged": float(gm.converged_)}
 
 
 def log_prob(model: GMM, z: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -172,20 +184,19 @@ def log_prob(model: GMM, z: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_likelihood(model: GMM, x: torch.Tensor) -> torch.Tensor:
+def log_likelihood(model: GMM, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Exact log P(x) (B,) in nats: the mixture density, plus D log(2/256) for 8-bit images.
 
     Points: the continuous density. Images: the density on [-1, 1] at the pixel values times the volume of one
     8-bit bin, (2/256)^D (the VAE's dequantisation convention; see the module docstring for when it holds).
     A latent GMM models p(z), not p(x): it raises ValueError.
     """
-    cfg = model.cfg
     if model.ae_family is not None:
         raise ValueError("a latent GMM (model.autoencoder set) models the density of latents, not of images: "
                          "it has no log_likelihood of x")
     ll = log_prob(model, features(model, x))
-    if len(cfg.data_shape) == 3:
-        ll = ll + math.prod(cfg.data_shape) * math.log(2 / 256)
+    if len(model.data_shape) == 3:
+        ll = ll + math.prod(model.data_shape) * math.log(2 / 256)
     return ll
 
 
@@ -215,7 +226,7 @@ def _scale_noise(model: GMM, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def sample(model: GMM, n: int, *, cond=None, generator: torch.Generator | None = None, sampler: str | None = None,
+def sample(model: GMM, n: int, *, cond: dict | None = None, generator: torch.Generator | None = None, sampler: str | None = None,
            batch_size: int = 1024) -> torch.Tensor:
     """Ancestral sampling (Bishop 2006, Sec. 8.1.2): k ~ Categorical(pi), then x = mu_k + L_k eps, eps ~ N(0, I).
 
@@ -235,5 +246,5 @@ def sample(model: GMM, n: int, *, cond=None, generator: torch.Generator | None =
     if model.ae_family is not None:
         z = x.reshape(n, *model.latent_shape)  # (n, *latent)
         return torch.cat([model.ae_family.decode(model.autoencoder, z[i : i + batch_size]) for i in range(0, n, batch_size)])
-    x = x.reshape(n, *model.cfg.data_shape)  # (n, C, H, W) or (n, D)
+    x = x.reshape(n, *model.data_shape)  # (n, C, H, W) or (n, D)
     return x.clamp(-1, 1) if x.dim() == 4 else x

@@ -6,7 +6,12 @@ import torch
 
 
 def class_labels(cond, n: int, class_cond: bool, num_classes: int) -> torch.Tensor | None:
-    """`cond` as n int64 labels (one label is repeated); None stays None. Errors name the problem."""
+    """The labels of `cond` (a condition dict's "y", or labels given directly) as n int64 labels.
+
+    One label is repeated; None (or a dict without "y") stays None. Errors name the problem.
+    """
+    if isinstance(cond, dict):
+        cond = cond.get("y")
     if cond is None:
         return None
     if not class_cond:

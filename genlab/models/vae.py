@@ -13,7 +13,8 @@ bin width of one 8-bit level in [-1, 1] units. Bernoulli likelihoods are of the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,31 +24,32 @@ from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, decoder_mean, featur
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)
-DECODERS = ("gaussian", "bernoulli")
+SAMPLE_OPTIONS = ("sampler", "batch_size")
 
 
 @dataclass
 class Config:
-    data_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # set from the dataset: [C, H, W] or [D]
-    num_classes: int = 0  # set from the dataset (unused by the plain VAE)
     latent_dim: int = 16  # size of z; 2 for a latent you can plot, 8-64 for images
     channels: int = 32  # conv width of the first encoder level (doubles at the second)
     mlp_hidden: int = 256  # hidden width for 2-D points
-    decoder: str = "gaussian"  # gaussian (learned per-channel scale) | bernoulli (binarised pixels)
+    decoder: Literal["gaussian", "bernoulli"] = "gaussian"  # learned per-channel scale | binarised pixels
     beta: float = 1.0  # KL weight; 1 = the ELBO (beta-VAE otherwise)
     lr: float = 1e-3  # Adam learning rate
     iwae_k: int = 64  # importance samples for the NLL estimate
 
 
+def needs(cfg: Config) -> tuple[str, ...]:
+    return ("x",)
+
+
 class VAE(nn.Module):
     """`forward(x, eps) -> (decoder output, mu, logvar)` with z = mu + sigma * eps (all through one forward for DDP)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, spec):
         super().__init__()
-        if cfg.decoder not in DECODERS:
-            raise ValueError(f"unknown decoder '{cfg.decoder}'; expected one of: {', '.join(DECODERS)}")
-        self.cfg = cfg
-        z, shape = cfg.latent_dim, cfg.data_shape
+        self.cfg, self.spec = cfg, spec
+        self.data_shape = shape = list(spec.shape)
+        z = cfg.latent_dim
         self.log_sigma = nn.Parameter(torch.full((shape[0],), math.log(0.1)))
         if len(shape) == 1:
             self.encoder = mlp(shape[0], cfg.mlp_hidden, 2 * z)
@@ -73,8 +75,8 @@ class VAE(nn.Module):
         return self.decode(z), mu, logvar
 
 
-def build(cfg: Config) -> VAE:
-    return VAE(cfg)
+def build(cfg: Config, spec, deps) -> VAE:
+    return VAE(cfg, spec)
 
 
 def make_optimizers(model: VAE, cfg: Config) -> dict[str, torch.optim.Optimizer]:
@@ -103,18 +105,20 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def train_step(model, batch, opts, ctx) -> dict[str, float]:
     """One optimizer step on the negative (beta-)ELBO, in nats per image."""
-    x, _ = batch
     vae = ctx.unwrap(model)
     cfg = vae.cfg
-    assert list(x.shape[1:]) == list(cfg.data_shape), f"batch {tuple(x.shape)} vs data_shape {cfg.data_shape}"
-    eps = ctx.rng.randn(cfg.latent_dim).to(x.device)
-    out, mu, logvar = model(x, eps)
-    rec = log_px_given_z(vae, out.float(), x)
-    kl = kl_standard_normal(mu.float(), logvar.float())
-    loss = (-rec + cfg.beta * kl).mean()
-    ctx.backward(loss)
-    ctx.optimizer_step(opts["model"], model)
-    return {"loss": loss.item(), "rec": -rec.mean().item(), "kl": kl.mean().item()}
+    assert list(batch["x"].shape[1:]) == vae.data_shape, f"batch {tuple(batch['x'].shape)} vs data {vae.data_shape}"
+
+    def loss(mb, rng):
+        x = mb["x"]
+        eps = rng.randn(cfg.latent_dim).to(x.device)
+        out, mu, logvar = model(x, eps)
+        rec = log_px_given_z(vae, out.float(), x)
+        kl = kl_standard_normal(mu.float(), logvar.float())
+        value = (-rec + cfg.beta * kl).mean()
+        return value, {"loss": value.item(), "rec": -rec.mean().item(), "kl": kl.mean().item()}
+
+    return ctx.update("model", loss)
 
 
 @torch.no_grad()
@@ -130,7 +134,7 @@ def decode(model: VAE, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model: VAE, n: int, *, cond=None, generator: torch.Generator | None = None, sampler: str | None = None,
+def sample(model: VAE, n: int, *, cond: dict | None = None, generator: torch.Generator | None = None, sampler: str | None = None,
            batch_size: int = 1024) -> torch.Tensor:
     """z ~ N(0, I) per image, decoded to the decoder mean (the usual way VAE samples are shown)."""
     if cond is not None:
@@ -166,8 +170,8 @@ def log_likelihood(model: VAE, x: torch.Tensor, *, k: int | None = None, generat
         log_qz = (-0.5 * eps.pow(2) - 0.5 * logvar[:, None] - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_w.append(rec + log_pz - log_qz)
     ll = torch.logsumexp(torch.cat(log_w, 1), dim=1) - math.log(k)
-    if len(cfg.data_shape) == 3 and cfg.decoder == "gaussian":
-        ll = ll + math.prod(cfg.data_shape) * math.log(2 / 256)
+    if len(model.data_shape) == 3 and cfg.decoder == "gaussian":
+        ll = ll + math.prod(model.data_shape) * math.log(2 / 256)
     return ll
 
 
@@ -183,9 +187,9 @@ def anomaly_score(model: VAE, x: torch.Tensor, *, generator: torch.Generator | N
     return -(rec - kl_standard_normal(mu, logvar))
 
 
-def report_images(model: VAE, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def report_images(model: VAE, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Reconstructions: a row of originals (binarised for the Bernoulli decoder) over their reconstructions."""
-    x = batch[0][:10].to(next(model.parameters()).device)
+    x = batch["x"][:10].to(next(model.parameters()).device)
     if x.dim() != 4:
         return {}
     recon = decode(model, encode(model, x))

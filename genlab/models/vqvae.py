@@ -17,7 +17,8 @@ Jukebox). The model has no prior over codes: it encodes and decodes but does not
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -27,19 +28,17 @@ from torch import nn
 from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, mlp
 
 SAMPLERS = ()  # no prior over codes yet: see `sample`
-CODEBOOKS = ("ema", "loss")
+SAMPLE_OPTIONS = ()
 
 
 @dataclass
 class Config:
-    data_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # set from the dataset: [C, H, W] or [D]
-    num_classes: int = 0  # set from the dataset (unused)
     codebook_size: int = 256  # K, number of codes; 64-1024
     code_dim: int = 16  # D, size of each code vector; 8-64
     channels: int = 32  # conv width of the first encoder level (doubles at the second)
     mlp_hidden: int = 256  # hidden width for 2-D points
     beta: float = 0.25  # commitment weight (the paper's 0.25; results are robust over 0.1-2)
-    codebook: str = "ema"  # ema (moving-average k-means updates) | loss (codebook loss term, trained by Adam)
+    codebook: Literal["ema", "loss"] = "ema"  # moving-average k-means updates | codebook loss term (Adam)
     decay: float = 0.99  # EMA decay of code usage counts (and of the code sums in "ema" mode)
     eps: float = 1e-5  # Laplace smoothing of the cluster sizes in "ema" mode
     restart_threshold: float = 1.0  # restart codes used fewer times per batch (EMA) than this; 0 disables
@@ -54,12 +53,11 @@ class VQVAE(nn.Module):
     parameter.
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, spec):
         super().__init__()
-        if cfg.codebook not in CODEBOOKS:
-            raise ValueError(f"unknown codebook '{cfg.codebook}'; expected one of: {', '.join(CODEBOOKS)}")
-        self.cfg = cfg
-        K, D, shape = cfg.codebook_size, cfg.code_dim, cfg.data_shape
+        self.cfg, self.spec = cfg, spec
+        self.data_shape = shape = list(spec.shape)
+        K, D = cfg.codebook_size, cfg.code_dim
         if len(shape) == 1:
             self.encoder = mlp(shape[0], cfg.mlp_hidden, D)
             self.decoder = mlp(D, cfg.mlp_hidden, shape[0])
@@ -106,8 +104,12 @@ def _ddp() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def build(cfg: Config) -> VQVAE:
-    return VQVAE(cfg)
+def needs(cfg: Config) -> tuple[str, ...]:
+    return ("x",)
+
+
+def build(cfg: Config, spec, deps) -> VQVAE:
+    return VQVAE(cfg, spec)
 
 
 def make_optimizers(model: VQVAE, cfg: Config) -> dict[str, torch.optim.Optimizer]:
@@ -189,8 +191,8 @@ def _all_gather(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _check(cfg: Config, x: torch.Tensor) -> None:
-    assert list(x.shape[1:]) == list(cfg.data_shape), f"batch {tuple(x.shape)} vs data_shape {cfg.data_shape}"
+def _check(model: VQVAE, x: torch.Tensor) -> None:
+    assert list(x.shape[1:]) == model.data_shape, f"batch {tuple(x.shape)} vs data {model.data_shape}"
 
 
 def train_step(model, batch, opts, ctx) -> dict[str, float]:
@@ -199,32 +201,35 @@ def train_step(model, batch, opts, ctx) -> dict[str, float]:
     Logs: loss, rec (MSE per element), commit (||z_e - sg[e]||^2 per element), and the batch's code usage:
     perplexity (exp of the entropy of code frequencies; K at best) and usage (fraction of codes used).
     """
-    x, _ = batch
     vq = ctx.unwrap(model)
     cfg = vq.cfg
-    _check(cfg, x)
-    x_rec, z_e, z_q, idx = model(x)
-    rec = F.mse_loss(x_rec.float(), x)
-    commit = F.mse_loss(z_e.float(), z_q.detach().float())
-    loss = rec + cfg.beta * commit
-    if cfg.codebook == "loss":
-        loss = loss + F.mse_loss(z_q.float(), z_e.detach().float())
-    ctx.backward(loss)
-    ctx.optimizer_step(opts["model"], model)
+    _check(vq, batch["x"])
+    seen = []  # (z_e, idx) of every micro-batch: the codebook statistics use the whole batch
 
-    z = z_e.detach().float()
-    counts = update_codebook(vq, _vectors(z), idx.flatten())
+    def loss(mb, rng):
+        x = mb["x"]
+        x_rec, z_e, z_q, idx = model(x)
+        rec = F.mse_loss(x_rec.float(), x)
+        commit = F.mse_loss(z_e.float(), z_q.detach().float())
+        value = rec + cfg.beta * commit
+        if cfg.codebook == "loss":
+            value = value + F.mse_loss(z_q.float(), z_e.detach().float())
+        seen.append((z_e.detach().float(), idx))
+        return value, {"loss": value.item(), "rec": rec.item(), "commit": commit.item()}
+
+    logs = ctx.update("model", loss)
+    z = torch.cat([z for z, _ in seen])
+    counts = update_codebook(vq, _vectors(z), torch.cat([i.flatten() for _, i in seen]))
     # every process holds the same cluster sizes (all-reduced), so all take this branch together
     if cfg.restart_threshold > 0 and bool((vq.cluster_size < cfg.restart_threshold).any()):
         restart_dead_codes(vq, *_restart_candidates(z, ctx.rng, cfg.codebook_size))
-    return {"loss": loss.item(), "rec": rec.item(), "commit": commit.item(),
-            "perplexity": perplexity(counts), "usage": (counts > 0).float().mean().item()}
+    return {**logs, "perplexity": perplexity(counts), "usage": (counts > 0).float().mean().item()}
 
 
 @torch.no_grad()
 def encode_to_indices(model: VQVAE, x: torch.Tensor) -> torch.Tensor:
     """Code indices: images (B, C, H, W) -> LongTensor (B, h, w); points (B, D) -> (B,)."""
-    _check(model.cfg, x)
+    _check(model, x)
     return model.nearest(model.encoder(x))
 
 
@@ -244,7 +249,7 @@ def encode(model: VQVAE, x: torch.Tensor) -> torch.Tensor:
 def decode(model: VQVAE, z: torch.Tensor) -> torch.Tensor:
     """Decoder output for latents (B, D, h, w) or (B, D): images clamped to [-1, 1], or points."""
     out = model.decoder(z)
-    return out.clamp(-1, 1) if len(model.cfg.data_shape) == 3 else out
+    return out.clamp(-1, 1) if len(model.data_shape) == 3 else out
 
 
 @torch.no_grad()
@@ -260,15 +265,15 @@ def codebook_stats(model: VQVAE, x: torch.Tensor, *, chunk: int = 1024) -> dict[
     return {"perplexity": perplexity(counts), "usage": (counts > 0).double().mean().item()}
 
 
-def sample(model: VQVAE, n: int, *, cond=None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(model: VQVAE, n: int, *, cond: dict | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Not available: sampling needs a prior over code indices, which this family does not learn."""
     raise ValueError("the VQ-VAE has no prior over codes yet (an autoregressive prior over its code indices is "
                      "a separate model); use reconstructions / encode_to_indices")
 
 
-def report_images(model: VQVAE, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def report_images(model: VQVAE, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Reconstructions: a row of originals over their reconstructions through the codebook (images only)."""
-    x = batch[0][:10].to(next(model.parameters()).device)
+    x = batch["x"][:10].to(next(model.parameters()).device)
     if x.dim() != 4:
         return {}
     return {"reconstructions": torch.stack([x, decode(model, encode(model, x))]).cpu()}  # (2, n, C, H, W)

@@ -4,6 +4,11 @@ Layout: conv in -> per resolution level [ResBlock x num_res_blocks (+ self-atten
 and a stride-2 downsample between levels -> middle (ResBlock, attention, ResBlock) -> mirrored up path
 concatenating the saved skips -> GroupNorm, SiLU, zero-initialised conv out. Time (and an optional class label)
 enter every ResBlock as a per-channel shift.
+
+Conditioning is by keyword: `y=` class labels, `context=` tokens (B, L, context_dim) that cross-attention
+layers (after each self-attention, when `context_dim > 0`) attend to (Rombach et al. 2022, Sec. 3.3), and
+`control=` a list of residuals added to the skip features and the middle block's output, in `skip_channels`
+order (how ControlNet injects its copy's features; Zhang et al. 2023, Eq. 2 and Fig. 3).
 """
 
 from __future__ import annotations
@@ -68,6 +73,30 @@ class Attention(nn.Module):
         return x + self.out(h)
 
 
+class CrossAttention(nn.Module):
+    """Queries from the feature map, keys and values from context tokens (B, L, D), with a residual."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads if channels % heads == 0 else 1
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h, c = self.heads, C // self.heads
+        q = self.q(self.norm(x).flatten(2).transpose(1, 2)).view(B, H * W, h, c).transpose(1, 2)  # (B, h, HW, c)
+        k, v = self.kv(context).view(B, context.shape[1], 2, h, c).permute(2, 0, 3, 1, 4)  # each (B, h, L, c)
+        attn_mask = mask[:, None, None, :] if mask is not None else None  # (B, 1, 1, L) bool: True = attend
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, HW, c)
+        o = self.out(o.transpose(1, 2).reshape(B, H * W, C))  # (B, HW, C)
+        return x + o.transpose(1, 2).reshape(B, C, H, W)
+
+
 class UNet(nn.Module):
     """eps/v-prediction U-Net: (B, C, H, W) noisy images and (B,) times -> (B, C, H, W).
 
@@ -86,6 +115,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         num_classes: int = 0,
         heads: int = 4,
+        context_dim: int = 0,
     ):
         super().__init__()
         emb_dim = 4 * base_channels
@@ -102,6 +132,8 @@ class UNet(nn.Module):
                 block = nn.ModuleList([ResBlock(ch, out, emb_dim, dropout)])
                 if res in attn_resolutions:
                     block.append(Attention(out, heads))
+                    if context_dim:
+                        block.append(CrossAttention(out, context_dim, heads))
                 self.down.append(block)
                 ch = out
                 skips.append(ch)
@@ -110,7 +142,10 @@ class UNet(nn.Module):
                 skips.append(ch)
                 res = (res + 1) // 2
 
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch, heads), ResBlock(ch, ch, emb_dim, dropout)])
+        self.skip_channels = list(skips) + [ch]  # what `control` residuals must match: every skip, then the middle
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch, heads),
+                                  *([CrossAttention(ch, context_dim, heads)] if context_dim else []),
+                                  ResBlock(ch, ch, emb_dim, dropout)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -119,6 +154,8 @@ class UNet(nn.Module):
                 block = nn.ModuleList([ResBlock(ch + skips.pop(), out, emb_dim, dropout)])
                 if res in attn_resolutions:
                     block.append(Attention(out, heads))
+                    if context_dim:
+                        block.append(CrossAttention(out, context_dim, heads))
                 ch = out
                 if level > 0 and i == num_res_blocks:
                     block.append(Upsample(ch))
@@ -130,20 +167,38 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *, y: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                control: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, C, H, W), t (B,) -> (B, C, H, W); y (B,) labels, context (B, L, D) tokens, control residuals."""
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))  # (B, E)
         if self.label_emb is not None:
             if y is None:  # unconditional: the extra "no label" index
                 y = torch.full((x.shape[0],), self.label_emb.num_embeddings - 1, device=x.device)
             emb = emb + self.label_emb(y)
+        if control is not None and len(control) != len(self.skip_channels):
+            raise ValueError(f"control needs {len(self.skip_channels)} residuals (skips + middle), got {len(control)}")
+
+        def apply(layer, h):
+            if isinstance(layer, ResBlock):
+                return layer(h, emb)
+            if isinstance(layer, CrossAttention):
+                if context is None:
+                    raise ValueError("this U-Net has cross-attention: pass context=(B, L, context_dim) tokens")
+                return layer(h, context, context_mask)
+            return layer(h)
+
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
             for layer in block:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+                h = apply(layer, h)
             hs.append(h)
         for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = apply(layer, h)
+        if control is not None:  # ControlNet: zero-initialised residuals on every skip and the middle
+            hs = [s + c for s, c in zip(hs, control[:-1])]
+            h = h + control[-1]
         for block in self.up:
             skip = hs.pop()
             for layer in block:
@@ -152,7 +207,7 @@ class UNet(nn.Module):
                 elif isinstance(layer, Upsample):
                     h = layer(h, hs[-1].shape[-2:])
                 else:
-                    h = layer(h)
+                    h = apply(layer, h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -179,7 +234,7 @@ class MLPDenoiser(nn.Module):
         self.blocks = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(layers)])
         self.out = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.hidden))
         if self.label_emb is not None:
             if y is None:

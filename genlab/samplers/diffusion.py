@@ -1,24 +1,22 @@
-"""Diffusion noise schedules, parameterisation conversions and the DDPM / DDIM samplers.
+"""Diffusion noise schedules and parameterisation conversions (VP, Ho et al. 2020), and their sigma view.
 
 Notation (Ho et al. 2020): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t = 0..T-1, with
-alpha_bar_t = prod_{s<=t} (1 - beta_s). Samplers take `eps_model(x_t, t) -> eps` (the family wraps its network
-and converts v- or x0-predictions), the schedule `alpha_bar` (T,), and the decreasing list of `timesteps` to
-visit, so a sampler can run on any sub-sequence of the training steps.
+alpha_bar_t = prod_{s<=t} (1 - beta_s). The samplers (`genlab.samplers.sampling`) work on the same process in
+the variance-exploding scale x = x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps, sigma_t = `vp_sigmas(alpha_bar)`
+(Karras et al. 2022, Sec. 2 and Table 1).
+
+The former VP-space samplers over `eps_model(x_t, t)` (`sample_ddpm` / `sample_ddim` here, up to commit e72f649)
+live on as `tests/data/sampler_golden.safetensors`, which the sigma-space samplers reproduce.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
-from genlab.rng import SampleRNG
-
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
-
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_alpha_bar(schedule: str, T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -41,6 +39,16 @@ def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in 1..{T}, got {steps}")
     return torch.linspace(T - 1, 0, steps).round().long()
+
+
+def vp_sigmas(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) (T,) float64, increasing: x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps.
+
+    Karras et al. 2022, Table 1 (VP column, discrete time); the one place the VP -> sigma map is computed, so that
+    schedules and denoisers see bit-identical values.
+    """
+    ab = alpha_bar.to(torch.float64)
+    return ((1 - ab) / ab).sqrt()
 
 
 def _bcast(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -71,90 +79,3 @@ def predict_eps_x0(out: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tens
     else:
         raise ValueError(f"unknown prediction '{prediction}'; expected one of: {', '.join(PREDICTIONS)}")
     return eps, x0
-
-
-def _x0_from_eps(x_t, eps, ab, clip):
-    x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
-    return x0.clamp(-clip, clip) if clip else x0
-
-
-def _steps(alpha_bar: torch.Tensor, timesteps: torch.Tensor):
-    """(i, t, s, alpha_bar_t, alpha_bar_s) for each move t -> s along `timesteps` (alpha_bar_s = 1 after the last)."""
-    steps = timesteps.tolist()
-    for i, t in enumerate(steps):
-        s = steps[i + 1] if i + 1 < len(steps) else -1
-        ab_t = alpha_bar[t]
-        yield i, t, s, ab_t, (alpha_bar[s] if s >= 0 else torch.ones_like(ab_t))
-
-
-@torch.no_grad()
-def sample_ddpm(
-    eps_model: EpsModel,
-    x_T: torch.Tensor,
-    alpha_bar: torch.Tensor,
-    timesteps: torch.Tensor,
-    *,
-    rng: SampleRNG,
-    clip_x0: float | None = None,
-    callback: Callable | None = None,
-) -> torch.Tensor:
-    """Ancestral sampling (Ho et al. 2020, Algorithm 2) over `timesteps`, using the posterior q(x_s | x_t, x_0).
-
-    With all T timesteps this is exactly Algorithm 2 with sigma_t^2 = beta_tilde_t (Eq. 7); with a
-    sub-sequence the betas are respaced as beta_t = 1 - alpha_bar_t / alpha_bar_s (Nichol & Dhariwal 2021).
-    `callback(i, t, x_t, x0_pred)` is called after every step.
-    """
-    x = x_T
-    for i, t, s, ab_t, ab_s in _steps(alpha_bar, timesteps):
-        eps = eps_model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
-        x0 = _x0_from_eps(x, eps, _bcast(ab_t, x), clip_x0)
-        # 1. posterior mean mu_tilde(x_t, x_0) = c0 x_0 + ct x_t  (Ho et al. 2020, Eq. 7)
-        beta_t = 1 - ab_t / ab_s
-        c0 = ab_s.sqrt() * beta_t / (1 - ab_t)
-        ct = (1 - beta_t).sqrt() * (1 - ab_s) / (1 - ab_t)
-        mean = _bcast(c0, x) * x0 + _bcast(ct, x) * x
-        # 2. add noise with variance beta_tilde = (1 - alpha_bar_s) / (1 - alpha_bar_t) beta_t, except at the last step
-        if s >= 0:
-            var = (1 - ab_s) / (1 - ab_t) * beta_t
-            x = mean + _bcast(var.sqrt(), x) * rng.randn_like(x)
-        else:
-            x = mean
-        if callback is not None:
-            callback(i, t, x, x0)
-    return x
-
-
-@torch.no_grad()
-def sample_ddim(
-    eps_model: EpsModel,
-    x_T: torch.Tensor,
-    alpha_bar: torch.Tensor,
-    timesteps: torch.Tensor,
-    *,
-    eta: float = 0.0,
-    rng: SampleRNG | None = None,
-    clip_x0: float | None = None,
-    callback: Callable | None = None,
-) -> torch.Tensor:
-    """DDIM (Song et al. 2021, Eq. 12): deterministic for eta=0; eta=1 matches DDPM's posterior variance.
-
-    `callback(i, t, x_t, x0_pred)` is called after every step.
-    """
-    if eta > 0 and rng is None:
-        raise ValueError("DDIM with eta > 0 needs per-sample noise: pass rng=SampleRNG(...)")
-    x = x_T
-    for i, t, s, ab_t, ab_s in _steps(alpha_bar, timesteps):
-        eps = eps_model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
-        # 1. predicted x_0 ("predicted x_0" term of Eq. 12)
-        x0 = _x0_from_eps(x, eps, _bcast(ab_t, x), clip_x0)
-        if clip_x0:  # keep eps consistent with the clipped x_0
-            eps = (x - _bcast(ab_t.sqrt(), x) * x0) / _bcast((1 - ab_t).sqrt(), x)
-        # 2. sigma_t (Eq. 16), scaled by eta
-        sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).sqrt()
-        # 3. direction pointing to x_t, then the random noise
-        x = _bcast(ab_s.sqrt(), x) * x0 + _bcast((1 - ab_s - sigma**2).clamp(min=0).sqrt(), x) * eps
-        if eta > 0 and s >= 0:
-            x = x + _bcast(sigma, x) * rng.randn_like(x)
-        if callback is not None:
-            callback(i, t, x, x0)
-    return x

@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from genlab import __version__
 from genlab.errors import GenlabError
 
-FORMAT = "genlab-checkpoint/1"
+FORMAT = "genlab-checkpoint/2"  # /2: data spec, dependencies, trainable state only
+READABLE_FORMATS = ("genlab-checkpoint/1", FORMAT)
 _NAME = re.compile(r"^step-(\d+)\.json$")
 
 
@@ -105,20 +106,24 @@ def save_checkpoint(
     *,
     family: str,
     config: dict,
-    model: torch.nn.Module,
-    ema: torch.nn.Module | None,
-    optimizers: dict[str, torch.optim.Optimizer],
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor] | None = None,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
     extra: dict | None = None,
     keep: int = 3,
 ) -> Path:
-    """Write step-N.safetensors then step-N.json atomically; prune all but the newest `keep`. Returns the JSON path."""
+    """Write step-N.safetensors then step-N.json atomically; prune all but the newest `keep`. Returns the JSON path.
+
+    `model_state` / `ema_state` are the trainable entries only (`trainable_state`): frozen dependencies are
+    stored once per run (see `genlab.training.deps`), never in every checkpoint.
+    """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
+    if ema_state is not None:
+        tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in ema_state.items()})
     optim_meta = {}
-    for name, opt in optimizers.items():
+    for name, opt in (optimizers or {}).items():
         t, m = optimizer_to_flat(name, opt)
         tensors.update(t)
         optim_meta[name] = m
@@ -126,10 +131,13 @@ def save_checkpoint(
     stem = f"step-{step:07d}"
     tensor_path = ckpt_dir / f"{stem}.safetensors"
     tmp = tensor_path.with_name(f".{tensor_path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, tensor_path)
+    try:
+        save_file(tensors, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, tensor_path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no temp file behind
     meta = {
         "format": FORMAT,
         "family": family,
@@ -138,7 +146,7 @@ def save_checkpoint(
         "config": config,
         "tensors": tensor_path.name,
         "sha256": _sha256(tensor_path),
-        "has_ema": ema is not None,
+        "has_ema": ema_state is not None,
         "optimizers": optim_meta,
         **(extra or {}),
     }
@@ -148,6 +156,47 @@ def save_checkpoint(
         for p in (old, old.with_suffix(".safetensors")):
             p.unlink(missing_ok=True)
     return json_path
+
+
+def clean_temp_files(ckpt_dir: Path) -> int:
+    """Remove temp files of interrupted saves (`.NAME.tmpPID`) and tensor files without a JSON record.
+
+    Called by the main process before training starts, when no save of this run can be in flight.
+    Returns how many files were removed.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return 0
+    removed = 0
+    for p in ckpt_dir.iterdir():
+        orphan = p.suffix == ".safetensors" and not p.with_suffix(".json").exists()
+        if (p.name.startswith(".") and ".tmp" in p.name) or orphan:
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def trainable_state(model: torch.nn.Module, frozen: set[int]) -> dict[str, torch.Tensor]:
+    """The model's state_dict without the tensors in `frozen` (ids of frozen dependencies' tensors)."""
+    return {k: v for k, v in model.state_dict(keep_vars=True).items() if id(v) not in frozen}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor], frozen: set[int], *, what: str) -> None:
+    """Load `state` (as saved by `trainable_state`) into `model`; a mismatch is a GenlabError listing it."""
+    expected = trainable_state(model, frozen)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        problems = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+                    f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
+                    f"shapes differ: {'; '.join(shapes[:3])}" if shapes else ""]
+        raise GenlabError(f"{what} does not match the model built from its config: "
+                          f"{', '.join(p for p in problems if p)}")
+    with torch.no_grad():
+        for k, v in expected.items():
+            v.copy_(state[k])
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -182,7 +231,7 @@ def read_checkpoint(json_path: Path) -> Checkpoint:
         meta = json.loads(json_path.read_text())
     except (OSError, ValueError) as e:
         raise GenlabError(f"checkpoint record {json_path} is unreadable or corrupt: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         raise GenlabError(f"{json_path} is not a genlab checkpoint (format {meta.get('format') if isinstance(meta, dict) else '?'!r})")
     tensor_path = json_path.with_name(meta["tensors"])
     if not tensor_path.is_file():
