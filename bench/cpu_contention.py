@@ -7,7 +7,7 @@ Each setting runs in a fresh process (OpenMP reads its environment once, at star
 
 Settings: `default` (torch's default: one thread per core, OpenMP's default wait policy), `passive`
 (the same threads, OMP_WAIT_POLICY=PASSIVE), `1-thread`, and `genlab` (what `genlab train` does by default:
-`--threads auto`, see genlab/threads.py). The busy processes are plain Python busy loops, one per core
+`--threads auto`, see genlab/threads.py; re-checked during the run as the loop does). The busy processes are plain Python busy loops, one per core
 asked for, as another program on the machine would be.
 """
 
@@ -61,9 +61,13 @@ for step in range(steps + 3):
     ctx = StepContext(model, opts, batch, SampleRNG(range(32)), step=step)
     t = time.perf_counter()
     fam.train_step(model, batch, opts, ctx)
+    if threads == "auto":
+        from genlab.threads import adjust
+        adjust()
     if step >= 3:  # warm-up steps excluded
         times.append(time.perf_counter() - t)
-print(json.dumps({"steps_per_s": len(times) / sum(times), "step_s_max": max(times), **info}))
+print(json.dumps({"steps_per_s": len(times) / sum(times), "step_s_max": max(times), **info,
+                  "threads_end": torch.get_num_threads()}))
 """
 
 
@@ -80,13 +84,58 @@ def run_setting(name: str, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def quickstart(steps: int, busy_counts: list[int], out: str) -> None:
+    """The quickstart command itself (`genlab train ddpm --config ddpm-fmnist-quick`, shortened to `steps`),
+    wall time from start to report, with --threads 2 (torch's default, as before) and --threads auto."""
+    import shutil
+    import tempfile
+
+    rows = []
+    for busy in busy_counts:
+        for threads in ("2", "auto"):
+            run_dir = Path(tempfile.mkdtemp()) / "qs"
+            env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+            procs = busy_loops(busy)
+            try:
+                time.sleep(0.5)
+                t0 = time.time()
+                subprocess.run([sys.executable, "-m", "genlab", "train", "ddpm", "--config", "ddpm-fmnist-quick",
+                                f"train.steps={steps}", "train.sample_every=0", "--threads", threads, "--out", str(run_dir)],
+                               cwd=ROOT, env=env, check=True, capture_output=True)
+                wall = time.time() - t0
+            finally:
+                for q in procs:
+                    q.kill()
+            info = json.loads((run_dir / "run.json").read_text())
+            rows.append({"busy": busy, "threads": threads, "wall_s": wall, "train_s": info["train_s"],
+                         "images_per_s": info["images_per_s"]})
+            shutil.rmtree(run_dir.parent, ignore_errors=True)
+            print(json.dumps(rows[-1]), flush=True)
+    quiet = {r["threads"]: r["wall_s"] for r in rows if r["busy"] == 0}
+    lines = [f"Command: `{' '.join(sys.argv)}` on {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}: the "
+             f"quickstart (`genlab train ddpm --config ddpm-fmnist-quick`) shortened to {steps} steps, wall time "
+             "from start to report.", "",
+             "| busy processes | --threads | wall s | train s | images/s | wall vs quiet |", "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        rel = f"{r['wall_s'] / quiet[r['threads']]:.2f}x" if r["threads"] in quiet else ""
+        lines.append(f"| {r['busy']} | {r['threads']} | {r['wall_s']:.0f} | {r['train_s']:.0f} | {r['images_per_s']:.0f} | {rel} |")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out + ".json").write_text(json.dumps({"steps": steps, "rows": rows}, indent=1))
+    Path(out + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quickstart", type=int, default=0, metavar="STEPS",
+                   help="time the quickstart command itself, shortened to STEPS, instead of single train steps")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--busy", type=int, nargs="+", default=[0, 1], help="numbers of busy processes beside training")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu_contention"))
     args = p.parse_args()
+    if args.quickstart:
+        return quickstart(args.quickstart, args.busy, str(ROOT / "bench" / "results" / "quickstart_contention"))
     rows = []
     for busy in args.busy:
         for name in args.settings:

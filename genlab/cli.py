@@ -294,10 +294,16 @@ def cmd_list(args) -> int:
     from genlab.data import DATASETS
     from genlab.models import FAMILIES
 
+    import shutil
+    import textwrap
+
+    width = max(60, min(120, shutil.get_terminal_size((100, 20)).columns))
     print("families:")
     for name, fam in FAMILIES.items():
-        doc = (fam.__doc__ or "").strip().splitlines()[0]
-        print(f"  {name:8s} {doc}")
+        paragraph = (fam.__doc__ or "").strip().split("\n\n")[0]  # the docstring's whole first paragraph
+        doc = textwrap.fill(" ".join(paragraph.split()), width, initial_indent=f"  {name:8s} ",
+                            subsequent_indent=" " * 11)
+        print(doc)
         print(f"  {'':8s} samplers: {', '.join(fam.SAMPLERS) or 'none (no prior: reconstructs, encodes, scores)'}")
     from genlab.data import DATASET_CONDITIONS
 

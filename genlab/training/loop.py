@@ -26,6 +26,7 @@ from genlab.data import to_uint8
 from genlab.data.png import save_grid
 from genlab.errors import GenlabError, UsageError
 from genlab.models import get_family
+from genlab import threads
 from genlab.progress import bar
 from genlab.rng import SampleRNG, derive_seed
 from genlab.training.checkpoint import (
@@ -368,6 +369,7 @@ def _train(cfg: RunConfig, out: Path, accelerator, *, resume: bool, command: str
             what = ", ".join(f"{k}={v:.4g}" for k, v in bad.items()) or "a loss on another process"
             raise TrainingDiverged(f"{what} at step {step + 1} (non-finite, or |loss| > train.max_loss="
                                    f"{tc.max_loss:g}): training stopped; {_last_good(ckpt_dir)}. {_hint(cfg)}")
+        threads.adjust()  # --threads auto: follow the cores other programs leave free
         # ---------------------------------------------------------------- EMA
         if ema is not None:
             ema.update(raw, step)
