@@ -291,11 +291,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from genlab.data import DATASETS
-    from genlab.models import FAMILIES
-
     import shutil
     import textwrap
+
+    from genlab.data import DATASETS
+    from genlab.models import FAMILIES
 
     width = max(60, min(120, shutil.get_terminal_size((100, 20)).columns))
     print("families:")

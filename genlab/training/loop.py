@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from genlab import threads
 from genlab.config import RunConfig, check, dump_yaml, lr_keys, to_dict
 from genlab.data import to_uint8
 from genlab.data.png import save_grid
 from genlab.errors import GenlabError, UsageError
 from genlab.models import get_family
-from genlab import threads
 from genlab.progress import bar
 from genlab.rng import SampleRNG, derive_seed
 from genlab.training.checkpoint import (
