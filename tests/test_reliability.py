@@ -293,3 +293,21 @@ def test_a_g_phase_leaves_no_gradient_in_d():
     ctx.update("G", lambda mb, rng: (gan.g_loss("nonsaturating", model["D"](model["G"](rng.randn(64)))), {}))
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model["D"].parameters()))  # D did not move in G's phase
+
+
+def test_train_step_sees_the_ema_network(tmp_path, monkeypatch):
+    from genlab.models import vae
+
+    real, seen = vae.train_step, []
+
+    def spy(model, batch, opts, ctx):
+        seen.append((ctx.ema, ctx.unwrap(model)))
+        return real(model, batch, opts, ctx)
+
+    monkeypatch.setattr(vae, "train_step", spy)
+    assert run_cli("train", *VAE, "train.steps=3", "train.ema_decay=0.5", "--out", tmp_path / "r") == 0
+    ema, model = seen[-1]
+    assert ema is not None and ema is not model and not ema.training
+    assert not any(p.requires_grad for p in ema.parameters())
+    # after the second update the EMA lags the weights (decay 0.5): it is a separate, averaged copy
+    assert any(not torch.equal(a, b) for a, b in zip(ema.parameters(), model.parameters()))
