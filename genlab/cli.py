@@ -117,6 +117,7 @@ def cmd_sample(args) -> int:
         cond = {"y": torch.full((args.n,), args.cls, dtype=torch.long)}
     try:
         x = run.sample(args.n, seed=args.seed, cond=cond, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                       sigmas=args.sigmas,
                        progress=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -388,6 +389,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", help="sampler (e.g. ddim, ddpm); default the run's")
     s.add_argument("--steps", type=_positive_int, help="sampler steps")
     s.add_argument("--eta", type=float, help="DDIM eta")
+    s.add_argument("--sigmas", choices=["uniform", "karras"],
+                   help="diffusion noise levels: evenly spaced timesteps, or Karras et al.'s grid (for heun, dpmpp_2m)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--class", dest="cls", type=int, help="class label for conditional models")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")

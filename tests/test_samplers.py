@@ -438,3 +438,22 @@ def test_cfg_wraps_vp_denoiser_for_any_sampler():
         guided = SAMPLERS[name](classifier_free_guidance(D, 1.0, uncond), x, sigmas, cond=cond)
         assert torch.equal(plain, guided)
         assert SAMPLERS[name](classifier_free_guidance(D, 4.0, uncond), x, sigmas, cond=cond).shape == x.shape
+
+
+def test_ddpm_family_samples_on_a_karras_grid():
+    from conftest import spec_for
+
+    from genlab.models import ddpm
+
+    cfg = ddpm.Config(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], sample_steps=4)
+    torch.manual_seed(0)
+    model = ddpm.build(cfg, spec_for([1, 8, 8]), {}).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = ddpm.sample(model, 3, generator=g(), sampler="heun", sigmas="karras")
+    b = ddpm.sample(model, 3, generator=g(), sampler="heun", sigmas="uniform")
+    assert a.shape == (3, 1, 8, 8) and torch.isfinite(a).all() and not torch.allclose(a, b)
+    assert torch.equal(a, ddpm.sample(model, 3, generator=g(), sampler="heun", sigmas="karras"))
+    with pytest.raises(ValueError, match="unknown sigmas 'log'"):
+        ddpm.sample(model, 1, sigmas="log")

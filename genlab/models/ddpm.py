@@ -19,10 +19,10 @@ from genlab.models.labels import class_labels
 from genlab.nn import MLPDenoiser, UNet
 from genlab.rng import SampleRNG
 from genlab.samplers import SAMPLERS as SAMPLER_FNS
-from genlab.samplers import VPDenoiser, discrete_sigmas, make_alpha_bar, q_sample, v_target
+from genlab.samplers import VPDenoiser, discrete_sigmas, karras_sigmas, make_alpha_bar, q_sample, v_target
 
 SAMPLERS = tuple(SAMPLER_FNS)  # ddpm, ddim, euler, heun, dpmpp_2m
-SAMPLE_OPTIONS = ("sampler", "steps", "eta", "callback", "batch_size")
+SAMPLE_OPTIONS = ("sampler", "steps", "eta", "sigmas", "callback", "batch_size")
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Config:
     sampler: Literal["ddim", "ddpm", "euler", "heun", "dpmpp_2m"] = "ddim"  # see genlab.samplers
     sample_steps: int = 50  # steps of the sampler; 10-1000 (Heun evaluates the network ~2x per step)
     eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
+    sigmas: Literal["uniform", "karras"] = "uniform"  # sampling grid: evenly spaced timesteps | Karras et al. 2022 Eq. 5
 
 
 def needs(cfg: Config) -> tuple[str, ...]:
@@ -134,13 +135,16 @@ def sample(
     sampler: str | None = None,
     steps: int | None = None,
     eta: float | None = None,
+    sigmas: str | None = None,
     callback=None,
     batch_size: int = 256,
 ) -> torch.Tensor:
     """n samples (n, *data_shape); images in [-1, 1]. Each image has its own noise stream (batch-size independent).
 
     x_T ~ N(0, I) per image is scaled to the first sigma (x = x_T sqrt(1 + sigma_0^2)), then any sampler of
-    `genlab.samplers.SAMPLERS` runs over the denoiser on `steps` evenly spaced training timesteps.
+    `genlab.samplers.SAMPLERS` runs over the denoiser on `steps` noise levels: evenly spaced training
+    timesteps (`sigmas="uniform"`, what DDPM and DDIM use) or Karras et al.'s grid (`"karras"`, dense at low
+    noise, where the second-order samplers heun and dpmpp_2m need their steps).
     """
     cfg = model.cfg
     sampler = sampler or cfg.sampler
@@ -153,8 +157,14 @@ def sample(
     device = next(model.parameters()).device
     y = class_labels(cond, n, cfg.class_cond, model.num_classes)
     rng = SampleRNG.from_generator(n, generator, device)
-    sigmas = discrete_sigmas(alpha_bar(cfg), steps)
     D = denoiser(model)
+    grid = sigmas or cfg.sigmas
+    if grid not in ("uniform", "karras"):
+        raise ValueError(f"unknown sigmas '{grid}'; expected one of: uniform, karras")
+    if grid == "karras" and steps < 2:
+        raise ValueError("the karras grid needs steps >= 2")
+    sigmas = (discrete_sigmas(alpha_bar(cfg), steps) if grid == "uniform"
+              else karras_sigmas(D.sigma_min, D.sigma_max, steps))
     is_image = len(model.data_shape) == 3
     was_training = model.training
     model.eval()
