@@ -42,7 +42,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def cmd_train(args) -> int:
     from genlab.config import build_run_config, check, dump_yaml, load_yaml, parse_overrides, set_dotted
-    from genlab.data import DATASETS
+    from genlab.data import DATASETS, is_dataset_name
     from genlab.models import get_family
 
     family = get_family(args.family)
@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
         base["model"] = {k: v for k, v in (base.get("model") or {}).items() if k not in ("data_shape", "num_classes")}
         cfg = resolve(_merge(base, raw))
         name = cfg.data.name
-    if not (name in DATASETS or name.startswith("folder:")):
+    if not is_dataset_name(name):
         raise unknown("dataset", name, DATASETS)
     check(cfg)
     if args.dry_run:
@@ -184,16 +184,24 @@ def _load_images(path: Path):
 
 
 def _print_table(rows: list[tuple[str, dict]]) -> None:
+    """The metrics table; an NLL from a likelihood bound (nll_kind "bound", the VAE's IWAE) is marked "<=" and explained."""
     keys = [k for k in ("fid", "kid", "is", "precision", "recall", "density", "coverage", "cond_acc", "classes_covered",
                         "class_reverse_kl", "nll_nats", "bits_per_dim") if any(k in r for _, r in rows)]
     width = max(len(name) for name, _ in rows)
     print(f"{'':{width}}  {'n':>6}  " + "  ".join(f"{k:>10}" for k in keys))
+    bounds = False
     for name, r in rows:
         cells = [f"{r['protocol']['n_fake']:>6}"]
         for k in keys:
             v = r.get(k)
-            cells.append(f"{'-':>10}" if v is None else f"{v:>10.4g}" if isinstance(v, float) else f"{v:>10}")
+            text = "-" if v is None else f"{v:.4g}" if isinstance(v, float) else f"{v}"
+            if v is not None and k in ("nll_nats", "bits_per_dim") and r.get("nll_kind") == "bound":
+                text, bounds = "<=" + text, True
+            cells.append(f"{text:>10}")
         print(f"{name:{width}}  " + "  ".join(cells))
+    if bounds:
+        print("<= : an upper bound on the NLL (the model's likelihood is a lower bound, e.g. the VAE's IWAE); "
+              "unmarked NLLs are the model's exact likelihood")
 
 
 def _json_target(text: str | None) -> Path | None:
@@ -310,7 +318,7 @@ def cmd_list(args) -> int:
 
     print("datasets (and the conditions they carry beside x):")
     for name in DATASETS:
-        print(f"  {name:14s} {', '.join(DATASET_CONDITIONS.get(name, ())) or '-'}")
+        print(f"  {name:19s} {', '.join(DATASET_CONDITIONS.get(name, ())) or '-'}")
     print("presets (configs/, use --config NAME):\n  " + ", ".join(_presets()))
     return 0
 
@@ -351,6 +359,23 @@ def cmd_anomaly(args) -> int:
     result = detect(run, data=args.data or "", split=args.split, normal=normal, threshold=args.threshold,
                     fpr=args.fpr, out_dir=args.out, seed=args.seed)
     print(format_result(result))
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    from genlab.data import load_dataset
+    from genlab.data.show import draw_examples, pick_examples
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out must be a .png file, got {args.out}")
+    data = load_dataset(args.name, args.split, data_dir=args.data_dir, image_size=args.image_size)
+    print(data.spec.describe())
+    idx, ncol = pick_examples(data, args.n, args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    draw_examples(data, idx, ncol).save(out)
+    what = f"{len(idx)} examples" if data.is_image else f"{min(len(data), 20000):,} points"
+    print(f"wrote {out} ({what} of {args.name}/{args.split})")
     return 0
 
 
@@ -439,6 +464,21 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--latent", default="pca", choices=["pca", "tsne"],
                    help="2-D projection of latents with more than 2 dimensions (default pca; tsne is slower)")
     r.set_defaults(fn=cmd_report)
+
+    d = sub.add_parser("data", help="look at datasets (genlab data show NAME --out FILE.png)")
+    data_sub = d.add_subparsers(dest="data_command", required=True)
+    ds = data_sub.add_parser("show", help="draw examples of a dataset with their conditions into a PNG",
+                             description="Draw examples of a dataset with their conditions (class, colour, domain, "
+                             "edge maps beside images, boxes and label maps beside scenes, captions) into a PNG, "
+                             "and print the dataset's spec.")
+    ds.add_argument("name", help="dataset name (see `genlab list`), e.g. scenes or unpaired:sneaker,ankle-boot")
+    ds.add_argument("--split", default="train", choices=["train", "test"])
+    ds.add_argument("--n", type=_positive_int, default=16, help="number of examples (default 16)")
+    ds.add_argument("--seed", type=int, default=0, help="seed of the choice of examples")
+    ds.add_argument("--image-size", type=int, default=0, help="data.image_size (scenes: 64 by default, or 32, ...)")
+    ds.add_argument("--data-dir", default="", help="folder holding the source IDX files")
+    ds.add_argument("--out", required=True, help="the PNG to write")
+    ds.set_defaults(fn=cmd_data_show)
     return p
 
 

@@ -11,6 +11,9 @@ check it against what they need. `Dataset.batch(idx)` returns a dict batch whose
 - `digits`: scikit-learn's embedded 8x8 digits (1,797 images; fixed 80/20 train/test split).
 - `folder:PATH`: any folder of PNG/JPEG files, resized and centre-cropped; labels from sub-folder names.
 - `ring8`, `grid25`, `swissroll`, `moons`: 2-D toy distributions (see `genlab.data.toys`).
+- Derived from Fashion-MNIST in code, cached under `$GENLAB_CACHE/derived` (see `genlab.data.derived`,
+  `genlab.data.scenes`, docs/data.md): `fmnist-color`, `edges2fmnist`, `edges2fmnist-color`, `unpaired:A,B`,
+  `scenes`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from genlab.data.images import load_digits, load_folder, load_idx_dataset
 from genlab.data.toys import TOYS, make_toy
-from genlab.errors import unknown
+from genlab.errors import UsageError, unknown
 from genlab.rng import derive_seed
 
 # The keys a batch dict may carry; a dataset's spec lists which conditions (keys beside "x") it provides.
@@ -36,8 +39,16 @@ BATCH_KEYS = {
     "text_mask": "valid-token mask of text_emb, bool (B, L)",
     "boxes": "object boxes (x0, y0, x1, y1) in [0, 1], float (B, K, 4), with padding rows of -1",
     "masks": "instance masks, float (B, K, H, W) in {0, 1}",
-    "label_map": "semantic label map, int64 (B, H, W)",
+    "label_map": "semantic label map, int64 (B, H, W): 0 background, class + 1 on objects",
+    "color": "colour index of x (genlab.data.derived.COLORS), int64 (B,)",
+    "obj_classes": "class of each object (scenes), int64 (B, K), -1 padding",
+    "obj_colors": "colour index of each object (scenes), int64 (B, K), -1 padding",
+    "obj_cells": "grid cell of each object (scenes: 0 top left, 1 top right, 2 bottom left, 3 bottom right), "
+                 "int64 (B, K), -1 padding",
+    "heldout": "1 where the sample holds a colour-class pair never seen in training (scenes test split), int64 (B,)",
 }
+# Conditions stored compactly (uint8) in `Dataset.extra` and converted to their batch dtype by `Dataset.batch`.
+BATCH_DTYPES = {"masks": torch.float32, "label_map": torch.int64}
 
 # What each dataset provides beside x, known without loading it (for error messages that list alternatives).
 DATASET_CONDITIONS = {
@@ -46,6 +57,11 @@ DATASET_CONDITIONS = {
     "digits": ("y",),
     "folder:PATH": ("y",),  # labels from sub-folder names
     **{toy: () for toy in TOYS},
+    "fmnist-color": ("y", "color"),
+    "edges2fmnist": ("y", "x_src"),
+    "edges2fmnist-color": ("y", "x_src", "color"),
+    "unpaired:A,B": ("y", "domain"),
+    "scenes": ("y", "boxes", "masks", "label_map", "obj_classes", "obj_colors", "obj_cells", "heldout", "text"),
 }
 
 
@@ -119,6 +135,7 @@ class Dataset:
     y: torch.Tensor | None = None  # int64 (N,) labels, or None
     classes: list[str] = field(default_factory=list)  # class names (index = label)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # other per-sample conditions (BATCH_KEYS)
+    extra_text: dict[str, list[str]] = field(default_factory=dict)  # per-sample strings, e.g. {"text": captions}
 
     @property
     def is_image(self) -> bool:
@@ -135,21 +152,30 @@ class Dataset:
 
     @property
     def spec(self) -> DataSpec:
-        conditions = (("y",) if self.y is not None else ()) + tuple(self.extra)
+        conditions = (("y",) if self.y is not None else ()) + tuple(self.extra) + tuple(self.extra_text)
         return DataSpec(self.name, tuple(self.shape), tuple(self.classes), conditions)
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Samples at `idx` as a dict batch of model inputs: float [-1, 1] images (raw toy points), labels, ..."""
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor | list[str]]:
+        """Samples at `idx` as a dict batch of model inputs: float [-1, 1] images (raw toy points), labels, ...
+
+        uint8 images in `extra` become float [-1, 1]; keys of `BATCH_DTYPES` their batch dtype; strings of
+        `extra_text` come as lists.
+        """
         x = self.x[idx]
         out = {"x": to_float(x) if self.is_image else x.float()}
         if self.y is not None:
             out["y"] = self.y[idx]
         for key, v in self.extra.items():
             v = v[idx]
-            out[key] = to_float(v) if v.dtype == torch.uint8 and v.dim() == 4 else v
+            if key in BATCH_DTYPES:
+                out[key] = v.to(BATCH_DTYPES[key])
+            else:
+                out[key] = to_float(v) if v.dtype == torch.uint8 and v.dim() == 4 else v
+        for key, texts in self.extra_text.items():
+            out[key] = _take(texts, idx)
         return out
 
     def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -160,7 +186,8 @@ class Dataset:
     def subset(self, idx: torch.Tensor) -> Dataset:
         """The samples at `idx` (same name and class list)."""
         return Dataset(self.name, self.x[idx], self.y[idx] if self.y is not None else None, self.classes,
-                       {k: v[idx] for k, v in self.extra.items()})
+                       {k: v[idx] for k, v in self.extra.items()},
+                       {k: _take(v, idx) for k, v in self.extra_text.items()})
 
     def keep_classes(self, labels: list[int]) -> Dataset:
         """Only the samples whose label is in `labels` (one-class training); the class list is unchanged."""
@@ -182,6 +209,14 @@ class Dataset:
         return self.subset(perm[:k].sort().values if part == "holdout" else perm[k:].sort().values)
 
 
+def _take(items: list, idx) -> list:
+    """`items` at `idx` (tensor indices or a boolean mask) as a list; a 0-d index gives the one item."""
+    idx = torch.as_tensor(idx)
+    if idx.dtype == torch.bool:
+        idx = idx.nonzero().squeeze(1)
+    return items[int(idx)] if idx.dim() == 0 else [items[i] for i in idx.tolist()]
+
+
 IDX_DATASETS = {
     "fashion-mnist": [
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -189,7 +224,13 @@ IDX_DATASETS = {
     "mnist": [str(i) for i in range(10)],
 }
 
-DATASETS = [*IDX_DATASETS, "digits", "folder:PATH", *TOYS]
+DERIVED = ["fmnist-color", "edges2fmnist", "edges2fmnist-color", "unpaired:A,B", "scenes"]
+DATASETS = [*IDX_DATASETS, "digits", "folder:PATH", *TOYS, *DERIVED]
+
+
+def is_dataset_name(name: str) -> bool:
+    """Whether `name` names a dataset: one of `DATASETS`, or a parameterised one (folder:PATH, unpaired[:A,B])."""
+    return name in DATASETS or name == "unpaired" or name.startswith(("folder:", "unpaired:"))
 
 
 def load_dataset(
@@ -216,4 +257,25 @@ def load_dataset(
         return Dataset(name, x, y, classes)
     if name in TOYS:
         return Dataset(name, make_toy(name, toy_size, seed=(seed, split)))
+    if name in DERIVED or name == "unpaired" or name.startswith("unpaired:"):
+        # Fixed data (seed 0), whatever the run's seed: every run trains and is evaluated on the same set.
+        try:
+            return _load_derived(name, split, data_dir, image_size)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     raise unknown("dataset", name, DATASETS)
+
+
+def _load_derived(name: str, split: str, data_dir: str, image_size: int) -> Dataset:
+    from genlab.data import derived
+    from genlab.data.scenes import scenes
+
+    if name == "scenes":
+        return scenes(split, size=image_size, data_dir=data_dir)
+    if name == "unpaired" or name.startswith("unpaired:"):
+        return derived.unpaired(name.partition(":")[2], split, data_dir=data_dir, name=name)
+    if image_size not in (0, 32):
+        raise ValueError(f"{name} is 32x32; data.image_size={image_size} applies to folder:PATH and scenes only")
+    build = {"fmnist-color": derived.fmnist_color, "edges2fmnist": derived.edges2fmnist,
+             "edges2fmnist-color": derived.edges2fmnist_color}[name]
+    return build(split, data_dir=data_dir)
