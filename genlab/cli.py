@@ -117,7 +117,7 @@ def cmd_sample(args) -> int:
         cond = {"y": torch.full((args.n,), args.cls, dtype=torch.long)}
     try:
         x = run.sample(args.n, seed=args.seed, cond=cond, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                       sigmas=args.sigmas,
+                       sigmas=args.sigmas, guidance=args.guidance,
                        progress=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -414,6 +414,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", help="sampler (e.g. ddim, ddpm); default the run's")
     s.add_argument("--steps", type=_positive_int, help="sampler steps")
     s.add_argument("--eta", type=float, help="DDIM eta")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: conditional, 0: unconditional, "
+                   ">1: stronger; ddpm trained with model.class_cond=true model.p_uncond=0.1); needs --class")
     s.add_argument("--sigmas", choices=["uniform", "karras"],
                    help="diffusion noise levels: evenly spaced timesteps, or Karras et al.'s grid (for heun, dpmpp_2m)")
     s.add_argument("--seed", type=int, default=0)

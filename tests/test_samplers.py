@@ -457,3 +457,48 @@ def test_ddpm_family_samples_on_a_karras_grid():
     assert torch.equal(a, ddpm.sample(model, 3, generator=g(), sampler="heun", sigmas="karras"))
     with pytest.raises(ValueError, match="unknown sigmas 'log'"):
         ddpm.sample(model, 1, sigmas="log")
+
+
+def test_ddpm_classifier_free_guidance_training_and_sampling():
+    """Label dropout in training (p_uncond) and the guided sampler: s = 1 conditional, s = 0 unconditional."""
+    from conftest import plain_step, spec_for
+
+    from genlab.models import ddpm
+
+    cfg = ddpm.Config(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], sample_steps=3,
+                      class_cond=True, p_uncond=0.5)
+    torch.manual_seed(0)
+    model = ddpm.build(cfg, spec_for([1, 8, 8], num_classes=3), {})
+    seen = []
+    real_forward = model.forward
+    model.forward = lambda x_t, t, y=None: (seen.append(y.clone()), real_forward(x_t, t, y))[1]
+    batch = {"x": torch.rand(64, 1, 8, 8) * 2 - 1, "y": torch.randint(0, 3, (64,))}
+    plain_step(ddpm, model, batch, ddpm.make_optimizers(model, cfg))
+    dropped = (seen[0] == 3).float().mean().item()  # 3 = the "no label" index
+    assert 0.3 < dropped < 0.7 and torch.equal(seen[0][seen[0] != 3], batch["y"][seen[0] != 3])
+    model.forward = real_forward
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    y = {"y": torch.tensor([0, 1, 2])}
+    cond = ddpm.sample(model, 3, cond=y, generator=g())
+    assert torch.equal(ddpm.sample(model, 3, cond=y, generator=g(), guidance=1.0), cond)
+    uncond = ddpm.sample(model, 3, generator=g())  # no labels: the network gets the "no label" index
+    assert torch.allclose(ddpm.sample(model, 3, cond=y, generator=g(), guidance=0.0), uncond, atol=1e-6)
+    strong = ddpm.sample(model, 3, cond=y, generator=g(), guidance=3.0)
+    assert strong.shape == (3, 1, 8, 8) and strong.abs().max() <= 1
+    # the guided denoiser: branches unclipped, mixed, then clipped (the one CFG wrapper of genlab.samplers)
+    from genlab.samplers import VPDenoiser
+
+    raw = VPDenoiser(model, ddpm.alpha_bar(cfg), cfg.prediction)
+    x, sigma = torch.randn(3, 1, 8, 8) * 2, torch.full((3,), 2.0)
+    d_c, d_u = raw(x, sigma, y), raw(x, sigma, {"y": torch.full((3,), 3)})
+    expected = (d_u + 3.0 * (d_c - d_u)).clamp(-1, 1)
+    assert torch.allclose(ddpm.denoiser(model, 3.0)(x, sigma, y), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="needs class labels"):
+        ddpm.sample(model, 2, guidance=2.0)
+    plain = ddpm.build(ddpm.Config(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
+                                   class_cond=True), spec_for([1, 8, 8], num_classes=3), {})
+    with pytest.raises(ValueError, match="without label dropout"):
+        ddpm.sample(plain, 1, cond={"y": torch.tensor([0])}, guidance=2.0)

@@ -19,15 +19,25 @@ from genlab.models.labels import class_labels
 from genlab.nn import MLPDenoiser, UNet
 from genlab.rng import SampleRNG
 from genlab.samplers import SAMPLERS as SAMPLER_FNS
-from genlab.samplers import VPDenoiser, discrete_sigmas, karras_sigmas, make_alpha_bar, q_sample, v_target
+from genlab.samplers import (
+    VPDenoiser,
+    classifier_free_guidance,
+    discrete_sigmas,
+    karras_sigmas,
+    make_alpha_bar,
+    q_sample,
+    v_target,
+)
 
 SAMPLERS = tuple(SAMPLER_FNS)  # ddpm, ddim, euler, heun, dpmpp_2m
-SAMPLE_OPTIONS = ("sampler", "steps", "eta", "sigmas", "callback", "batch_size")
+SAMPLE_OPTIONS = ("sampler", "steps", "eta", "sigmas", "guidance", "callback", "batch_size")
+RESUMABLE = ("guidance", "sigmas")  # sampling defaults a resumed run may change
 
 
 @dataclass
 class Config:
     class_cond: bool = False  # condition on class labels (needs labelled data; sample with --class)
+    p_uncond: float = 0.0  # classifier-free guidance training: drop each label with this probability (0.1-0.2)
     # U-Net (images)
     base_channels: int = 64  # width of the first level; 32-128
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # width multiplier per resolution level
@@ -51,6 +61,7 @@ class Config:
     sample_steps: int = 50  # steps of the sampler; 10-1000 (Heun evaluates the network ~2x per step)
     eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     sigmas: Literal["uniform", "karras"] = "uniform"  # sampling grid: evenly spaced timesteps | Karras et al. 2022 Eq. 5
+    guidance: float = 1.0  # classifier-free guidance scale s (1: conditional model, 0: unconditional; needs p_uncond > 0)
 
 
 def needs(cfg: Config) -> tuple[str, ...]:
@@ -113,16 +124,33 @@ def train_step(model, batch, opts, ctx) -> dict[str, float]:
         x0 = mb["x"]
         t = rng.randint(cfg.timesteps).squeeze(-1).to(x0.device)  # (B,)
         eps = rng.randn_like(x0)
-        value = loss_fn(model, cfg, x0, mb["y"] if cfg.class_cond else None, t, eps)
+        y = mb["y"] if cfg.class_cond else None
+        if y is not None and cfg.p_uncond > 0:  # label dropout (Ho & Salimans 2022, Algorithm 1): the "no label" index
+            drop = rng.rand().to(x0.device) < cfg.p_uncond  # (B,)
+            y = torch.where(drop, torch.full_like(y, net.num_classes), y)
+        value = loss_fn(model, cfg, x0, y, t, eps)
         return value, {"loss": value.item()}
 
     return ctx.update("model", loss)
 
 
-def denoiser(model: DDPM) -> VPDenoiser:
-    """The network as a denoiser D(x, sigma, cond) -> x_0 for the shared samplers (images clipped to [-1, 1])."""
-    return VPDenoiser(model, alpha_bar(model.cfg), model.cfg.prediction,
-                      clip_denoised=1.0 if len(model.data_shape) == 3 else None)
+def denoiser(model: DDPM, guidance: float = 1.0):
+    """The network as a denoiser D(x, sigma, cond) -> x_0 for the shared samplers (images clipped to [-1, 1]).
+
+    With `guidance` != 1, classifier-free guidance (the one wrapper, genlab.samplers) mixes the conditional and
+    the "no label" branch; the guided estimate is clipped, not the branches.
+    """
+    clip = 1.0 if len(model.data_shape) == 3 else None
+    if guidance == 1:
+        return VPDenoiser(model, alpha_bar(model.cfg), model.cfg.prediction, clip_denoised=clip)
+    if not model.cfg.class_cond:
+        raise ValueError("guidance needs a class-conditional model (model.class_cond=true, model.p_uncond > 0)")
+    if model.cfg.p_uncond <= 0:
+        raise ValueError("this run was trained without label dropout (model.p_uncond=0), so its unconditional branch "
+                         "is untrained; train with model.p_uncond=0.1 for classifier-free guidance")
+    null = torch.tensor([model.num_classes], device=next(model.parameters()).device)
+    D = classifier_free_guidance(VPDenoiser(model, alpha_bar(model.cfg), model.cfg.prediction), guidance, {"y": null})
+    return D if clip is None else (lambda x, sigma, cond=None: D(x, sigma, cond).clamp(-clip, clip))
 
 
 @torch.no_grad()
@@ -136,6 +164,7 @@ def sample(
     steps: int | None = None,
     eta: float | None = None,
     sigmas: str | None = None,
+    guidance: float | None = None,
     callback=None,
     batch_size: int = 256,
 ) -> torch.Tensor:
@@ -144,7 +173,8 @@ def sample(
     x_T ~ N(0, I) per image is scaled to the first sigma (x = x_T sqrt(1 + sigma_0^2)), then any sampler of
     `genlab.samplers.SAMPLERS` runs over the denoiser on `steps` noise levels: evenly spaced training
     timesteps (`sigmas="uniform"`, what DDPM and DDIM use) or Karras et al.'s grid (`"karras"`, dense at low
-    noise, where the second-order samplers heun and dpmpp_2m need their steps).
+    noise, where the second-order samplers heun and dpmpp_2m need their steps). `guidance` s != 1 samples with
+    classifier-free guidance (Ho & Salimans 2022; their w = s - 1) and needs class labels in `cond`.
     """
     cfg = model.cfg
     sampler = sampler or cfg.sampler
@@ -156,8 +186,11 @@ def sample(
     opts = {"eta": cfg.eta if eta is None else eta} if sampler == "ddim" else {}
     device = next(model.parameters()).device
     y = class_labels(cond, n, cfg.class_cond, model.num_classes)
+    guidance = cfg.guidance if guidance is None else guidance
+    if guidance != 1 and y is None:
+        raise ValueError("guided sampling needs class labels: pass --class (or cond={'y': labels})")
     rng = SampleRNG.from_generator(n, generator, device)
-    D = denoiser(model)
+    D = denoiser(model, guidance)
     grid = sigmas or cfg.sigmas
     if grid not in ("uniform", "karras"):
         raise ValueError(f"unknown sigmas '{grid}'; expected one of: uniform, karras")
