@@ -96,7 +96,7 @@ def test_presets_parse():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["train", "flow"], "unknown family 'flow'; expected one of: ae, ddpm, gan, gmm, vae, vqvae"),
+        (["train", "glow"], "unknown family 'glow'; expected one of: ae, ddpm, flow, gan, gmm, pixelcnn, vae, vqvae"),
         (["train", "ddpm", "--data", "cifar"], "unknown dataset 'cifar'; expected one of:"),
         (["train", "ddpm", "train.stepz=3"], "unknown config key 'train.stepz'"),
         (["train", "ddpm", "model.sampler=plms"], "config key 'model.sampler' expects one of: ddim, ddpm, euler, heun, dpmpp_2m; got 'plms'"),

@@ -21,6 +21,8 @@ TINY = {
     "gan": ["model.mlp_hidden=16", "model.latent_dim=4", "model.pack=2"],
     "vqvae": ["model.mlp_hidden=16", "model.codebook_size=8", "model.code_dim=2"],
     "gmm": ["model.n_components=8", "model.max_fit=2000"],
+    "flow": ["model.mlp_hidden=16", "model.point_layers=4"],
+    "pixelcnn": ["model.channels=8", "model.layers=1", "model.kernel=3", "model.embed_dim=4"],
 }
 
 

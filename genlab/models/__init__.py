@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from genlab.errors import unknown
-from genlab.models import ae, ddpm, gan, gmm, vae, vqvae
+from genlab.models import ae, ddpm, flow, gan, gmm, pixelcnn, vae, vqvae
 
 
 class Family(Protocol):
@@ -54,7 +54,8 @@ class Family(Protocol):
 # log_likelihood(model, x, *, generator) in nats, anomaly_score(model, x, *, generator), report_images(model,
 # batch, generator), fit(model, batch, *, seed) for closed-form families.
 
-FAMILIES = {"ddpm": ddpm, "vae": vae, "ae": ae, "gan": gan, "vqvae": vqvae, "gmm": gmm}
+FAMILIES = {"ddpm": ddpm, "vae": vae, "ae": ae, "gan": gan, "vqvae": vqvae, "gmm": gmm, "pixelcnn": pixelcnn,
+            "flow": flow}
 
 
 def get_family(name: str):

@@ -27,11 +27,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from genlab.nn.likelihood import discrete_log_likelihood
 from genlab.progress import bar
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)
 SAMPLE_OPTIONS = ("sampler", "batch_size")
+LIKELIHOOD = "exact"  # log_likelihood is the mixture density itself
 DEPS = ("autoencoder",)  # config fields naming runs this family is built on (loaded frozen by the loop)
 DEP_FAMILIES = {"autoencoder": ("ae", "vae", "vqvae")}  # families with continuous encode/decode
 
@@ -196,7 +198,7 @@ def log_likelihood(model: GMM, x: torch.Tensor, *, generator: torch.Generator | 
                          "it has no log_likelihood of x")
     ll = log_prob(model, features(model, x))
     if len(model.data_shape) == 3:
-        ll = ll + math.prod(model.data_shape) * math.log(2 / 256)
+        ll = discrete_log_likelihood(ll, math.prod(model.data_shape))
     return ll
 
 

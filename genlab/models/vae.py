@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, decoder_mean, feature_sizes, mlp
+from genlab.nn.likelihood import discrete_log_likelihood
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)
 SAMPLE_OPTIONS = ("sampler", "batch_size")
+LIKELIHOOD = "bound"  # log_likelihood is the IWAE lower bound
 
 
 @dataclass
@@ -171,7 +173,7 @@ def log_likelihood(model: VAE, x: torch.Tensor, *, k: int | None = None, generat
         log_w.append(rec + log_pz - log_qz)
     ll = torch.logsumexp(torch.cat(log_w, 1), dim=1) - math.log(k)
     if len(model.data_shape) == 3 and cfg.decoder == "gaussian":
-        ll = ll + math.prod(model.data_shape) * math.log(2 / 256)
+        ll = discrete_log_likelihood(ll, math.prod(model.data_shape))
     return ll
 
 

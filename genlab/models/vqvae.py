@@ -11,7 +11,8 @@ With `codebook="ema"` the middle (codebook) term is dropped and the codes are mo
 outputs assigned to them (van den Oord et al. 2017, App. A.1), with Laplace-smoothed cluster sizes as in the
 authors' released Sonnet implementation. Codes whose moving-average usage drops below `restart_threshold`
 are re-initialised to random encoder outputs of the current batch (random restarts: Dhariwal et al. 2020,
-Jukebox). The model has no prior over codes: it encodes and decodes but does not sample.
+Jukebox). The model has no prior over codes of its own: it encodes and decodes; to sample, train an
+autoregressive prior over its code indices (`genlab train pixelcnn model.vqvae=RUN`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import nn
 
 from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, mlp
 
-SAMPLERS = ()  # no prior over codes yet: see `sample`
+SAMPLERS = ()  # no prior over codes here: see `sample` (the pixelcnn family learns one)
 SAMPLE_OPTIONS = ()
 
 
@@ -267,8 +268,8 @@ def codebook_stats(model: VQVAE, x: torch.Tensor, *, chunk: int = 1024) -> dict[
 
 def sample(model: VQVAE, n: int, *, cond: dict | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Not available: sampling needs a prior over code indices, which this family does not learn."""
-    raise ValueError("the VQ-VAE has no prior over codes yet (an autoregressive prior over its code indices is "
-                     "a separate model); use reconstructions / encode_to_indices")
+    raise ValueError("the VQ-VAE has no prior over codes of its own; train one over this run's code indices with "
+                     "`genlab train pixelcnn --config pixelcnn-vqvae-fmnist model.vqvae=RUN` and sample that run")
 
 
 def report_images(model: VQVAE, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:

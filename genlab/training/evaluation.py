@@ -85,7 +85,11 @@ def evaluate_with_floor(family, model, cfg: RunConfig, *, seed: int = 0) -> tupl
 
 @torch.no_grad()
 def test_likelihood(family, model, cfg: RunConfig, *, seed: int = 0, chunk: int = 500) -> dict:
-    """Mean log-likelihood of the run's test split: {"nll_nats": per example, "bits_per_dim": ...}."""
+    """Mean log-likelihood of the run's test split: {"nll_nats": per example, "bits_per_dim": ..., "nll_kind": ...}.
+
+    `nll_kind` is the family's `LIKELIHOOD`: "exact", or "bound" when log_likelihood is a lower bound (the
+    VAE's IWAE), so the NLL shown is an upper bound on the true one. A family that does not say is "exact".
+    """
     from genlab.metrics.likelihood import bits_per_dim
 
     if not hasattr(family, "log_likelihood"):
@@ -101,4 +105,5 @@ def test_likelihood(family, model, cfg: RunConfig, *, seed: int = 0, chunk: int 
             raise UsageError(str(e)) from None
     ll = torch.cat(ll)
     dims = math.prod(data.shape)
-    return {"nll_nats": -ll.mean().item(), "bits_per_dim": float(bits_per_dim(ll.mean(), dims))}
+    return {"nll_nats": -ll.mean().item(), "bits_per_dim": float(bits_per_dim(ll.mean(), dims)),
+            "nll_kind": getattr(family, "LIKELIHOOD", "exact")}

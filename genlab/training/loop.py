@@ -42,7 +42,7 @@ from genlab.training.data import Batches, eval_conditions, load_data, step_posit
 from genlab.training.deps import init_from, resolve_deps, store_deps
 from genlab.training.ema import EMA
 from genlab.training.evaluation import eval_record, evaluate_with_floor
-from genlab.training.run import build_model, sample_options
+from genlab.training.run import build_model, frozen_ids, sample_options
 from genlab.training.runfiles import append_jsonl, check_out_dir, read_status, truncate_jsonl, write_status
 
 # Config keys that may change when a run is resumed (everything else under model/data is the run's identity).
@@ -322,6 +322,10 @@ def _train(cfg: RunConfig, out: Path, accelerator, *, resume: bool, command: str
         return _fit_run(family, model, frozen, data, cfg, out, accelerator, done=ckpt is not None, meta_extra=meta_extra)
 
     model, opts = _prepare(accelerator, model, opts)
+    # moving to the device (Accelerate's .to(), also to "cpu:0" under torchrun) replaces buffer tensors, while
+    # parameters keep their identity: take the dependencies' tensor ids again, or their buffers (a VQ-VAE's
+    # codebook) would count as trainable and land in checkpoints and the EMA
+    frozen = frozen_ids(deps)
     raw = _state_module(accelerator, model)  # the same parameters, without DDP wrappers
     ema = None
     if tc.ema_decay > 0:

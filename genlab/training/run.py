@@ -134,4 +134,5 @@ def load_run(run_dir, *, ema: bool = True, device: str = "cpu", checkpoint: str 
     if ema and ckpt.meta.get("has_ema", False):
         state.update(ckpt.part("ema"))
     load_trainable_state(model, state, frozen, what=f"checkpoint {ckpt.path}")
-    return Run(run_dir, cfg, spec, family, model.to(device).eval(), ckpt.step, ckpt, deps, frozen)
+    model = model.to(device).eval()  # moving replaces buffer tensors: the frozen ids are taken after it
+    return Run(run_dir, cfg, spec, family, model, ckpt.step, ckpt, deps, frozen_ids(deps))
