@@ -185,8 +185,9 @@ def _load_images(path: Path):
 
 def _print_table(rows: list[tuple[str, dict]]) -> None:
     """The metrics table; an NLL from a likelihood bound (nll_kind "bound", the VAE's IWAE) is marked "<=" and explained."""
-    keys = [k for k in ("fid", "kid", "is", "precision", "recall", "density", "coverage", "cond_acc", "classes_covered",
-                        "class_reverse_kl", "nll_nats", "bits_per_dim") if any(k in r for _, r in rows)]
+    keys = [k for k in ("fid", "kid", "is", "precision", "recall", "density", "coverage", "cond_acc", "color_acc",
+                        "clip_score", "obj_acc", "empty_acc", "classes_covered", "class_reverse_kl", "nll_nats",
+                        "bits_per_dim") if any(k in r for _, r in rows)]
     width = max(len(name) for name, _ in rows)
     print(f"{'':{width}}  {'n':>6}  " + "  ".join(f"{k:>10}" for k in keys))
     bounds = False
@@ -220,6 +221,14 @@ def _json_target(text: str | None) -> Path | None:
     return path
 
 
+# `genlab eval` metrics when --metrics is not given: what each protocol's evaluator supports
+PROTOCOL_METRICS = {"scenes": "fid,kid,pr,dc,clip,objects", "fmnist-color": "fid,kid,is,pr,dc,acc,color_acc"}
+
+
+def _default_metrics(protocol: str) -> str:
+    return PROTOCOL_METRICS.get(protocol, "fid,kid,is,pr,dc,acc")
+
+
 def cmd_eval(args) -> int:
     import json
     import warnings
@@ -239,13 +248,14 @@ def cmd_eval(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvalWarning)
         try:
-            names = parse_metrics(args.metrics)
+            names = parse_metrics(args.metrics or _default_metrics(args.protocol or "fmnist"))
             if (target / "checkpoints").is_dir():
                 from genlab.training.evaluation import evaluate_model
                 from genlab.training.run import load_run
 
                 run = load_run(target)
                 pname = args.protocol or run.config.eval.protocol or protocol_for_dataset(run.config.data.name)
+                names = parse_metrics(args.metrics or _default_metrics(pname))
                 result = evaluate_model(run.family, run.model, run.config, protocol=pname,
                                         n=args.n or get_protocol(pname).n, metrics=",".join(names),
                                         steps=args.steps or 0, seed=args.seed)
@@ -433,7 +443,8 @@ def make_parser() -> argparse.ArgumentParser:
                        "[0, 255] (a note says so). Pass --range to say which, or save uint8.")
     e.add_argument("target", help="run directory, folder of PNGs, FILE.npz, or 'data' for the data-vs-data floor only")
     e.add_argument("--protocol", help="fmnist | digits | mnist (default: the run's dataset; fmnist otherwise)")
-    e.add_argument("--metrics", default="fid,kid,is,pr,dc,acc", help="comma list of fid,kid,is,pr,dc,acc,modes,nll "
+    e.add_argument("--metrics", default=None, help="comma list of fid,kid,is,pr,dc,acc,modes,color_acc,clip,objects,nll "
+                   "(default: fid,kid,is,pr,dc,acc; scenes: fid,kid,pr,dc,clip,objects; fmnist-color: adds color_acc) "
                    "(nll: the run's test-set likelihood in nats and bits/dim, for vae and gmm)")
     e.add_argument("--n", type=_positive_int, help="number of generated samples (default: the protocol's); the "
                    "data-vs-data row uses the same n, and a small n (FID is biased) prints a warning")

@@ -90,7 +90,8 @@ def test_save_load_roundtrip_and_hash(tmp_path):
 
 
 def test_unknown_and_untrained_evaluators(tmp_path):
-    with pytest.raises(UsageError, match=r"unknown evaluator 'fmnist'; expected one of: digits-net, fmnist-net, mnist-net"):
+    with pytest.raises(UsageError, match=r"unknown evaluator 'fmnist'; expected one of: digits-net, fmnist-color-net, fmnist-net, "
+                       r"mnist-net, scenes-cell-net, scenes-clip"):
         load_evaluator("fmnist")
     with pytest.raises(GenlabError, match=r"python scripts/train_evaluator.py mnist-net"):
         load_evaluator("mnist-net", weights_dir=tmp_path)

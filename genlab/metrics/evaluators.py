@@ -46,12 +46,28 @@ class EvaluatorSpec:
     widths: tuple[int, ...] = (32, 64, 128)  # channels per stage; 2x2 max-pool between stages
     convs: tuple[int, ...] = (1, 2, 2)  # 3x3 convs per stage (one at full resolution keeps CPU training fast)
     feature_dim: int = 256  # width of the penultimate `features` layer
+    num_colors: int = 0  # a second head over the same features: colour classes (0: no colour head)
+    source: str = "images"  # "images": the dataset's x; "scene-cells": the 2x2 cells of `scenes` (see metrics/scenes.py)
+    downsample: int = 1  # average-pool the input by this factor first (a 64x64 scene read at 32x32)
+    embedding: bool = False  # the "classifier" is a projection into the text space: unit-norm features, no logits
+    recolor: bool = False  # re-tint each training garment with a random colour (decorrelates class and colour)
 
 
 EVALUATORS: dict[str, EvaluatorSpec] = {
     "fmnist-net": EvaluatorSpec("fashion-mnist", 1, 28, 10, hflip=True),
     "mnist-net": EvaluatorSpec("mnist", 1, 28, 10, hflip=False),
     "digits-net": EvaluatorSpec("digits", 1, 8, 10, hflip=False, shift=1, convs=(1, 1, 1)),
+    # class (10) and colour (8) of tinted garments
+    # (narrower than fmnist-net: trained on a shared 2-core CPU; see docs/evaluators.md)
+    "fmnist-color-net": EvaluatorSpec("fmnist-color", 3, 32, 10, hflip=True, widths=(16, 32, 64), num_colors=8),
+    # one cell of a 64x64 scene (32x32): garment class or 10 = empty, and the garment's colour
+    # (recolor: the training scenes never pair some classes with some colours, HELDOUT_PAIRS; without it the
+    # class head learns those gaps and misreads held-out pairs)
+    "scenes-cell-net": EvaluatorSpec("scenes", 3, 32, 11, hflip=True, widths=(16, 32, 64), num_colors=8,
+                                     source="scene-cells", recolor=True),
+    # image tower of a domain CLIP: 64x64 scene (read at 32x32) -> 384-d unit vector in all-MiniLM-L6-v2's space
+    "scenes-clip": EvaluatorSpec("scenes", 3, 64, 384, hflip=False, shift=1, widths=(16, 32, 64),
+                                 downsample=2, embedding=True, source="clip"),
 }
 
 
@@ -71,6 +87,9 @@ class Evaluator(nn.Module):
         convs: tuple[int, ...] | list[int] = (1, 2, 2),
         feature_dim: int = 256,
         dropout: float = 0.2,
+        num_colors: int = 0,
+        downsample: int = 1,
+        embedding: bool = False,
     ):
         super().__init__()
         if len(widths) != len(convs):
@@ -79,6 +98,11 @@ class Evaluator(nn.Module):
             "in_channels": in_channels, "image_size": image_size, "num_classes": num_classes, "widths": list(widths),
             "convs": list(convs), "feature_dim": feature_dim, "dropout": dropout,
         }  # fmt: skip
+        # only when set, so the records of the single-head classifiers stay as they were
+        extra = {"num_colors": num_colors != 0, "downsample": downsample != 1, "embedding": embedding}
+        self.arch.update({k: v for k, v in (("num_colors", num_colors), ("downsample", downsample),
+                                            ("embedding", embedding)) if extra[k]})  # fmt: skip
+        self.downsample, self.embedding = downsample, embedding
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         self.stages = nn.ModuleList()
         c_in = in_channels
@@ -92,6 +116,8 @@ class Evaluator(nn.Module):
         self.feature_layer = nn.Sequential(nn.Linear(c_in, feature_dim), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(feature_dim, num_classes)
+        # Second head (colour), a linear classifier on the same features: one feature space serves both labels.
+        self.color_classifier = nn.Linear(feature_dim, num_colors) if num_colors else None
 
     @property
     def feature_dim(self) -> int:
@@ -119,6 +145,8 @@ class Evaluator(nn.Module):
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stage outputs for float images in [-1, 1]: [(B, widths[0], H, W), (B, widths[1], H/2, W/2), ...]."""
         maps = []
+        if self.downsample > 1:
+            x = nn.functional.avg_pool2d(x, self.downsample)
         for i, stage in enumerate(self.stages):
             if i > 0:
                 x = self.pool(x)
@@ -131,6 +159,29 @@ class Evaluator(nn.Module):
         h = self.feature_maps(x)[-1].mean(dim=(2, 3))  # (B, widths[-1])
         f = self.feature_layer(h)  # (B, D)
         return f, self.classifier(self.dropout(f))
+
+    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"features" (B, D), "logits" (B, C), and "color_logits" (B, K) with a colour head} for float images in
+        [-1, 1] (training)."""
+        f, logits = self.forward_float(x)
+        out = {"features": f, "logits": logits}
+        if self.color_classifier is not None:
+            out["color_logits"] = self.color_classifier(self.dropout(f))
+        return out
+
+    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 (B, C, H, W) -> `forward_heads` (features, class logits, colour logits if any) in one pass; for an
+        embedding network {"features": the unit-norm embedding (B, num_classes)}."""
+        out = self.forward_heads(self._prepare(x))
+        if self.embedding:
+            return {"features": nn.functional.normalize(out["logits"], dim=1)}
+        return out
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> unit-norm embedding (B, D) of an embedding network (a domain CLIP's image tower)."""
+        if not self.embedding:
+            raise ValueError("encode_image needs an embedding evaluator (e.g. scenes-clip)")
+        return self.outputs(x)["features"]
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -292,9 +343,11 @@ def save_evaluator(model: Evaluator, name: str, info: dict, weights_dir: str | P
 
 @torch.no_grad()
 def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int = 500, progress: bool | None = None) -> dict:
-    """Features and logits of uint8 images (N, C, H, W) in batches: {"features": float32 (N, D), "logits": (N, K)}.
+    """Features and logits of uint8 images (N, C, H, W) in batches: {"features": float32 (N, D), "logits": (N, K)},
+    plus "color_logits" (N, 8) for an evaluator with a colour head.
 
-    `extractor` is any module with `features_and_logits(uint8 batch)` (an `Evaluator`, the FID Inception).
+    `extractor` is any module with `features_and_logits(uint8 batch)` (the FID Inception) or `outputs(uint8
+    batch) -> dict` (an `Evaluator`).
     It runs in eval mode under no_grad; its previous mode is restored. A progress bar shows when N > 5,000
     (or when `progress=True`). Results are on the CPU.
     """
@@ -310,15 +363,20 @@ def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int = 500, p
     n = images.shape[0]
     was_training = extractor.training
     extractor.eval()
-    feats, logits = [], []
+    parts: dict[str, list[torch.Tensor]] = {}
     try:
         show = progress if progress is not None else n > 5000
         with tqdm(total=n, desc="features", unit="img", disable=not show, leave=False) as bar:
             for start in range(0, n, batch_size):
-                f, lg = extractor.features_and_logits(images[start : start + batch_size])
-                feats.append(f.float().cpu())
-                logits.append(lg.float().cpu())
-                bar.update(f.shape[0])
+                batch = images[start : start + batch_size]
+                if hasattr(extractor, "outputs"):
+                    out = extractor.outputs(batch)
+                else:
+                    f, lg = extractor.features_and_logits(batch)
+                    out = {"features": f, "logits": lg}
+                for k, v in out.items():
+                    parts.setdefault(k, []).append(v.float().cpu())
+                bar.update(batch.shape[0])
     finally:
         extractor.train(was_training)
-    return {"features": torch.cat(feats), "logits": torch.cat(logits)}
+    return {k: torch.cat(v) for k, v in parts.items()}

@@ -40,15 +40,21 @@ class Protocol:
     dc_k: int = 5  # Naeem et al. 2020
     is_splits: int = 10
     floor_split: str = "train"
+    objects: str = ""  # cell classifier of the object-level check ('objects' metric; scenes only)
 
 
 PROTOCOLS = {
     "fmnist": Protocol("fmnist", "fashion-mnist", "test", 10000, "fmnist-net"),
     "digits": Protocol("digits", "digits", "test", 359, "digits-net", kid_subset_size=300),
     "mnist": Protocol("mnist", "mnist", "test", 10000, "mnist-net"),
+    "fmnist-color": Protocol("fmnist-color", "fmnist-color", "test", 10000, "fmnist-color-net"),
+    # 64x64 scenes; Fréchet distance and CLIP score in the domain CLIP's space (scenes-clip), object accuracy
+    # from the cell classifier (scenes-cell-net). n = the whole test split.
+    "scenes": Protocol("scenes", "scenes", "test", 2000, "scenes-clip", kid_subset_size=1000, objects="scenes-cell-net"),
 }
 
-DATASET_PROTOCOLS = {"fashion-mnist": "fmnist", "digits": "digits", "mnist": "mnist"}
+DATASET_PROTOCOLS = {"fashion-mnist": "fmnist", "digits": "digits", "mnist": "mnist", "fmnist-color": "fmnist-color",
+                     "scenes": "scenes"}  # fmt: skip
 
 
 def protocol_for_dataset(dataset: str) -> str:
@@ -125,12 +131,20 @@ def _as_uint8(images, value_range: str | None = None) -> torch.Tensor:
     return to_uint8(x)
 
 
-def extract_features(images, extractor: str, *, value_range: str | None = None) -> dict[str, np.ndarray]:
-    """{'features': (N, D) float64, 'logits': (N, C) float64} of images (see `_as_uint8`) through a bundled evaluator."""
+def extract_features(images, extractor: str, *, value_range: str | None = None, objects: str = "") -> dict[str, np.ndarray]:
+    """{'features': (N, D) float64, 'logits': (N, C) float64} of images (see `_as_uint8`) through a bundled evaluator;
+    with `objects` (a cell classifier, e.g. scenes-cell-net) also its per-cell predictions 'cell_classes' and
+    'cell_colors' (N, 4) for the object-level check (genlab.metrics.scenes)."""
     from genlab.metrics.evaluators import extract, load_evaluator
 
-    out = extract(load_evaluator(extractor), _as_uint8(images, value_range))
-    return {k: v.double().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, np.float64) for k, v in out.items()}
+    x = _as_uint8(images, value_range)
+    out = extract(load_evaluator(extractor), x)
+    feats = {k: v.double().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, np.float64) for k, v in out.items()}
+    if objects:
+        from genlab.metrics.scenes import predict_cells
+
+        feats["cell_classes"], feats["cell_colors"] = (a.astype(np.int64) for a in predict_cells(load_evaluator(objects), x))
+    return feats
 
 
 def reference_features(protocol: Protocol, split: str | None = None, *, data_dir: str = "") -> dict[str, np.ndarray]:
@@ -144,7 +158,10 @@ def reference_features(protocol: Protocol, split: str | None = None, *, data_dir
     from genlab.metrics.evaluators import weights_hash
 
     split = split or protocol.split
-    path = cache_dir() / f"{protocol.dataset}-{split}-{protocol.extractor}-{weights_hash(protocol.extractor)[:16]}.safetensors"
+    key = f"{protocol.extractor}-{weights_hash(protocol.extractor)[:16]}"
+    if protocol.objects:
+        key += f"-{protocol.objects}-{weights_hash(protocol.objects)[:16]}"
+    path = cache_dir() / f"{protocol.dataset}-{split}-{key}.safetensors"
     if path.exists():
         try:
             return load_file(str(path))
@@ -153,8 +170,14 @@ def reference_features(protocol: Protocol, split: str | None = None, *, data_dir
     data = load_dataset(protocol.dataset, split, data_dir=data_dir)
     print(f"genlab: computing {protocol.extractor} features of {protocol.dataset}/{split} ({len(data):,} images; once, "
           f"then cached in {path.parent})", file=sys.stderr, flush=True)
-    feats = extract_features(data.x, protocol.extractor)
+    feats = extract_features(data.x, protocol.extractor, objects=protocol.objects)
+    if protocol.objects:  # scenes: the layouts (for the floor's object accuracy) and each image's index (captions)
+        for key in ("obj_classes", "obj_colors", "obj_cells"):
+            feats[key] = data.extra[key].numpy().astype(np.int64)
+        feats["index"] = np.arange(len(data), dtype=np.int64)
     feats["labels"] = data.y.numpy().astype(np.int64) if data.y is not None else np.zeros(0, np.int64)
+    if "color" in data.extra:  # fmnist-color: the floor's colour accuracy reads the real images' colours
+        feats["colors"] = data.extra["color"].numpy().astype(np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file({k: np.ascontiguousarray(v) for k, v in feats.items()}, str(tmp))
@@ -184,7 +207,9 @@ def _kid(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
 
 
 def _is(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
-    """Inception Score of the fake logits (Salimans et al. 2016)."""
+    """Inception Score of the fake logits (Salimans et al. 2016); skipped for an extractor without logits."""
+    if "logits" not in fake:
+        return {}
     return inception_score(fake["logits"], splits=p.is_splits)
 
 
@@ -210,14 +235,14 @@ def _dc(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
 
 def _modes(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
     """Classes the evaluator sees in the fake images, and reverse KL to the real labels' histogram."""
-    if not len(real.get("labels", [])):
+    if not len(real.get("labels", [])) or "logits" not in fake:
         return {}
     return class_coverage(fake["logits"].argmax(1), real["labels"], fake["logits"].shape[1])
 
 
 def _acc(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
     """Conditional accuracy: the evaluator's prediction against each fake image's requested label."""
-    if fake.get("labels") is None:
+    if fake.get("labels") is None or "logits" not in fake:
         return {}
     labels = np.asarray(torch.as_tensor(fake["labels"]).cpu()).reshape(-1)
     pred = fake["logits"].argmax(1)
@@ -226,24 +251,77 @@ def _acc(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
     return {"cond_acc": float((pred == labels).mean())}
 
 
+def _color_acc(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """Colour accuracy: the evaluator's colour head against each fake image's requested colour (`conditions`
+    "color"); skipped without requested colours or without a colour head."""
+    colors = (fake.get("conditions") or {}).get("color")
+    if colors is None or "color_logits" not in fake:
+        return {}
+    colors = np.asarray(torch.as_tensor(colors).cpu()).reshape(-1)
+    pred = fake["color_logits"].argmax(1)
+    if len(colors) != len(pred):
+        raise ValueError(f"{len(colors)} requested colours for {len(pred)} images")
+    return {"color_acc": float((pred == colors).mean())}
+
+
+def _objects(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """Object-level check (scenes): per-object class and colour accuracy in the requested cells and empty cells
+    staying empty, from the cell classifier's predictions against the requested layouts (`conditions`
+    obj_classes / obj_colors / obj_cells); skipped without them (genlab.metrics.scenes)."""
+    from genlab.metrics.scenes import object_accuracy
+
+    cond = fake.get("conditions") or {}
+    if "cell_classes" not in fake or any(k not in cond for k in ("obj_classes", "obj_colors", "obj_cells")):
+        return {}
+    return object_accuracy(fake["cell_classes"], fake["cell_colors"], cond["obj_classes"], cond["obj_colors"],
+                           cond["obj_cells"])  # fmt: skip
+
+
+_TEXT_ENCODERS: dict = {}
+
+
+def _clip(fake: Features, real: Features, p: Protocol) -> dict[str, float]:
+    """CLIP score (Hessel et al. 2021, w = 2.5) of each image against its requested caption (`conditions` "text"),
+    when the protocol's extractor is a domain CLIP's image tower (its record names the text encoder)."""
+    from genlab.metrics.clip_score import clip_score_from_embeddings
+    from genlab.metrics.evaluators import read_record
+
+    texts = (fake.get("conditions") or {}).get("text")
+    text_encoder = read_record(p.extractor).get("text_encoder")
+    if texts is None or not text_encoder:
+        return {}
+    if len(texts) != len(fake["features"]):
+        raise ValueError(f"{len(texts)} captions for {len(fake['features'])} images")
+    if text_encoder not in _TEXT_ENCODERS:  # loaded once per process (a few seconds)
+        from genlab.text import load_text_encoder
+
+        _TEXT_ENCODERS[text_encoder] = load_text_encoder(text_encoder)
+    enc = _TEXT_ENCODERS[text_encoder]
+    pooled = torch.cat([enc.encode(list(texts[i : i + 256]))[2] for i in range(0, len(texts), 256)])
+    return {"clip_score": float(clip_score_from_embeddings(torch.as_tensor(fake["features"]), pooled).mean())}
+
+
 # name -> pure function of (fake, real, protocol); adding a metric is one line. Results keep this order.
 METRIC_FNS: dict[str, Callable[[Features, Features, Protocol], dict]] = {
     "fid": _fid, "kid": _kid, "is": _is, "pr": _pr, "dc": _dc, "modes": _modes, "acc": _acc,
+    "color_acc": _color_acc, "objects": _objects, "clip": _clip,
 }
 METRICS = (*METRIC_FNS, "nll")  # nll: test-set likelihood of a model that has one (computed by the training code)
 SAMPLE_SIZE_METRICS = ("fid", "kid", "is", "pr", "dc")  # biased or noisy at small n
 
 
 def compute_metrics(fake: Features, real: Features, protocol: Protocol, metrics=METRICS, *,
-                    labels=None) -> dict[str, float]:
+                    labels=None, conditions: dict | None = None) -> dict[str, float]:
     """All requested metrics from fake and real {'features', 'logits'} (the statistics stage).
 
     `labels`: the requested class of each fake image (conditional accuracy); without them 'acc' is skipped.
+    `conditions`: everything the images were generated for (a batch dict: "y", "color", ...), per image; metric
+    functions read it as `fake["conditions"]` (e.g. 'color_acc' reads "color").
     """
     bad = [m for m in metrics if m not in METRICS]
     if bad:
         raise unknown("metric", bad[0], METRICS)
-    fake = {**fake, "labels": labels}  # a per-call copy: metric functions may keep shared statistics in it
+    fake = {**fake, "labels": labels, "conditions": conditions}  # a per-call copy: metric functions may keep shared statistics in it
     out: dict[str, float] = {}
     for name, fn in METRIC_FNS.items():
         if name in metrics:
@@ -260,19 +338,23 @@ def min_samples(protocol: Protocol, feature_dim: int) -> int:
 def protocol_record(protocol: Protocol, n_fake: int, n_real: int) -> dict:
     from genlab.metrics.evaluators import weights_hash
 
-    return {**asdict(protocol), "extractor_sha256": weights_hash(protocol.extractor), "n_fake": n_fake,
-            "n_real": n_real, "quantisation": "uint8 before feature extraction"}
+    record = {**asdict(protocol), "extractor_sha256": weights_hash(protocol.extractor), "n_fake": n_fake,
+              "n_real": n_real, "quantisation": "uint8 before feature extraction"}
+    if protocol.objects:
+        record["objects_sha256"] = weights_hash(protocol.objects)
+    return record
 
 
 def evaluate(images_or_features, reference=None, *, protocol: str | Protocol = "fmnist", metrics=METRICS,
-             labels=None, seed: int = 0, value_range: str | None = None) -> dict:
+             labels=None, seed: int = 0, value_range: str | None = None, conditions: dict | None = None) -> dict:
     """Evaluate generated images or precomputed {'features', 'logits'}.
 
     Images are uint8 (taken as is) or float: `value_range` '-1,1', '0,1' or '0,255', or None to infer it from
     the values (`infer_range`: any clearly negative value: [-1, 1]; else all <= 1: [0, 1]; else [0, 255]) with an
     `EvalWarning` saying so.
     `reference`: None for the protocol's reference split (cached), or real images / feature dict.
-    `labels`: the requested class of each image, for conditional accuracy. Returns the values and, under
+    `labels`: the requested class of each image, for conditional accuracy; `conditions`: all the requested
+    conditions per image (the sampler's `cond` dict; "color" gives colour accuracy). Returns the values and, under
     'protocol', the full record (extractor, its weights hash, N, k, quantisation). Warns (`EvalWarning`) when
     either side has fewer images than `min_samples`.
     """
@@ -280,7 +362,8 @@ def evaluate(images_or_features, reference=None, *, protocol: str | Protocol = "
     if isinstance(images_or_features, dict):
         fake = images_or_features
     else:
-        fake = extract_features(images_or_features, p.extractor, value_range=value_range)
+        objects = p.objects if "objects" in metrics else ""
+        fake = extract_features(images_or_features, p.extractor, value_range=value_range, objects=objects)
     if reference is None:
         real = _subset(reference_features(p), p.n, seed)
     elif isinstance(reference, dict):
@@ -295,7 +378,7 @@ def evaluate(images_or_features, reference=None, *, protocol: str | Protocol = "
                       f"(about as 1/n) and KID, IS, precision/recall/density/coverage are noisy, so compare only with "
                       f"the data-vs-data row at the same n, and report numbers at n >= {need}",
                       EvalWarning, stacklevel=2)
-    values = compute_metrics(fake, real, p, metrics, labels=labels)
+    values = compute_metrics(fake, real, p, metrics, labels=labels, conditions=conditions)
     return {**values, "protocol": protocol_record(p, len(fake["features"]), len(real["features"]))}
 
 
@@ -304,4 +387,11 @@ def floor(protocol: str | Protocol = "fmnist", metrics=METRICS, seed: int = 0, *
     reference split (test). Compare a model with the floor at the model's own n: P/R/D/C and FID move with n."""
     p = get_protocol(protocol) if isinstance(protocol, str) else protocol
     fake = _subset(reference_features(p, p.floor_split), n or p.n, seed)
-    return evaluate(fake, None, protocol=p, metrics=metrics, labels=fake["labels"] if "acc" in metrics else None, seed=seed)
+    conditions = {"color": fake["colors"]} if "colors" in fake else None
+    if "index" in fake:  # scenes: each floor image's own layout and caption
+        conditions = {k: fake[k] for k in ("obj_classes", "obj_colors", "obj_cells")}
+        if "clip" in metrics:
+            texts = load_dataset(p.dataset, p.floor_split).extra_text["text"]
+            conditions["text"] = [texts[i] for i in fake["index"].tolist()]
+    return evaluate(fake, None, protocol=p, metrics=metrics, labels=fake["labels"] if "acc" in metrics else None,
+                    seed=seed, conditions=conditions)

@@ -61,7 +61,7 @@ def evaluate_model(family, model, cfg: RunConfig, *, protocol: str = "", n: int 
     labels = cond.get("y") if cond else None
     if labels is None:
         names = tuple(m for m in names if m != "acc")
-    return {**evaluate(images, None, protocol=p, metrics=names, labels=labels), **extra}
+    return {**evaluate(images, None, protocol=p, metrics=names, labels=labels, conditions=cond), **extra}
 
 
 def eval_record(step: int, result: dict, floor: dict | None = None) -> dict:
