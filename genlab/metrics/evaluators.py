@@ -15,7 +15,6 @@ Inputs are uint8 images `(B, C, H, W)`, as saved PNGs would hold them; conversio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from torch import nn
 
 from genlab.data import to_float
 from genlab.errors import GenlabError, unknown
+from genlab.fileio import sha256_file  # noqa: F401  (also imported from here)
 
 FORMAT = "genlab-evaluator/1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -218,15 +218,6 @@ def weights_paths(name: str, weights_dir: str | Path | None = None) -> tuple[Pat
     _spec(name)
     d = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     return d / f"{name}.safetensors", d / f"{name}.json"
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | Path, what: str, hint: str = "") -> dict[str, torch.Tensor]:

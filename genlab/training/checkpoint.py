@@ -9,7 +9,6 @@ one. Loading checks the hash, so a truncated or corrupted file is skipped (with 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from genlab import __version__
 from genlab.errors import GenlabError
+from genlab.fileio import sha256_file
 
 FORMAT = "genlab-checkpoint/2"  # /2: data spec, dependencies, trainable state only
 READABLE_FORMATS = ("genlab-checkpoint/1", FORMAT)
@@ -50,14 +50,6 @@ def _fsync_dir(d: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _jsonable(v):
@@ -145,7 +137,7 @@ def save_checkpoint(
         "step": step,
         "config": config,
         "tensors": tensor_path.name,
-        "sha256": _sha256(tensor_path),
+        "sha256": sha256_file(tensor_path),
         "has_ema": ema_state is not None,
         "optimizers": optim_meta,
         **(extra or {}),
@@ -236,7 +228,7 @@ def read_checkpoint(json_path: Path) -> Checkpoint:
     tensor_path = json_path.with_name(meta["tensors"])
     if not tensor_path.is_file():
         raise GenlabError(f"checkpoint tensors {tensor_path} are missing")
-    if _sha256(tensor_path) != meta["sha256"]:
+    if sha256_file(tensor_path) != meta["sha256"]:
         raise GenlabError(f"checkpoint tensors {tensor_path} are corrupt (SHA-256 mismatch)")
     try:
         tensors = load_file(str(tensor_path))
