@@ -86,6 +86,15 @@ METRICS: dict[str, Metric] = {
                        "neighbourhood (Naeem et al. 2020): a recall that outliers cannot inflate."),
     "cond_acc": Metric("Cond. accuracy", "higher", "Share of class-conditional samples that the evaluator "
                        "classifies as the class that was asked for."),
+    "color_acc": Metric("Colour accuracy", "higher", "Share of colour-conditional samples whose colour the evaluator "
+                        "reads as the colour that was asked for (fmnist-color)."),
+    "clip_score": Metric("CLIP score", "higher", "2.5 x the cosine (clipped at 0) between a sample and its caption in "
+                         "the domain CLIP's space (Hessel et al. 2021, Eq. 1; scenes-clip, trained on genlab's scenes, "
+                         "not OpenAI's CLIP)."),
+    "obj_acc": Metric("Object accuracy", "higher", "Share of requested objects drawn in their cell with the right "
+                      "class and colour, read by the scenes cell classifier (real scenes score about 0.8)."),
+    "empty_acc": Metric("Empty cells", "higher", "Share of cells asked to stay empty that the cell classifier "
+                        "finds empty."),
     "classes_covered": Metric("Classes covered", "higher", "Number of classes the evaluator finds among the "
                               "samples (mode collapse drops classes)."),
     "class_reverse_kl": Metric("Class KL", "lower", "KL(sample class histogram || data class histogram): 0 when "
@@ -96,7 +105,7 @@ METRICS: dict[str, Metric] = {
                            "-log\u2082 p(x) / D: the compression view (Theis et al. 2016); comparable across image "
                            "sizes."),
 }
-COMPANIONS = {"kid_std", "kid_subset_size", "is_std", "num_classes"}
+COMPANIONS = {"kid_std", "kid_subset_size", "is_std", "num_classes", "nll_kind", "obj_class_acc", "obj_color_acc"}
 NOT_METRICS = {"step", "protocol", "n", "floor", "time_s", "eval_s"}
 
 
