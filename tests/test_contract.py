@@ -10,10 +10,13 @@ import pytest
 import torch
 from conftest import FAST_TRAIN, run_cli, run_torchrun
 
+from genlab.config import DataConfig, RunConfig
 from genlab.models import FAMILIES
+from genlab.training.data import eval_conditions, load_data
 from genlab.training.checkpoint import latest_checkpoint
 
-# Tiny settings per family, on the ring8 toy (MLP networks): seconds per run.
+# Tiny settings per family, on the ring8 toy (MLP networks) unless TINY_DATA names another dataset (image-to-
+# image families need paired or domain-labelled images): seconds per run.
 TINY = {
     "ddpm": ["model.mlp_hidden=16", "model.mlp_layers=1", "model.sample_steps=3"],
     "vae": ["model.mlp_hidden=16", "model.latent_dim=2"],
@@ -26,12 +29,15 @@ TINY = {
 }
 
 
+TINY_DATA: dict[str, str] = {}  # family -> dataset for the checks below (default ring8)
+
+
 def test_every_family_has_tiny_settings():
     assert set(TINY) == set(FAMILIES), "add the new family to TINY: every family must pass these checks"
 
 
 def _args(family, out, *extra):
-    return ["train", family, "--data", "ring8", *TINY[family], *FAST_TRAIN, "train.trackers=none", *extra, "--out", out]
+    return ["train", family, "--data", TINY_DATA.get(family, "ring8"), *TINY[family], *FAST_TRAIN, "train.trackers=none", *extra, "--out", out]
 
 
 def _final(run):
@@ -59,12 +65,14 @@ def test_smoke_run_writes_a_loadable_sampleable_run(tmp_path, family):
     out = tmp_path / "r"
     assert run_cli(*_args(family, out, "train.steps=3")) == 0
     info = json.loads((out / "run.json").read_text())
-    assert info["status"] == "done" and info["spec"]["shape"] == [2]
+    shape = list(load_data(RunConfig(data=DataConfig(name=TINY_DATA.get(family, "ring8"))), "test").spec.shape)
+    assert info["status"] == "done" and info["spec"]["shape"] == shape
     run = genlab.load(out)
     if FAMILIES[family].SAMPLERS:
-        x = run.sample(5, seed=1)
-        assert x.shape == (5, 2) and torch.isfinite(x).all()
-        assert torch.equal(x, run.sample(5, seed=1))
+        cond = eval_conditions(run.config, FAMILIES[family].needs(run.config.model), 5)
+        x = run.sample(5, seed=1, cond=cond)
+        assert x.shape == (5, *shape) and torch.isfinite(x).all()
+        assert torch.equal(x, run.sample(5, seed=1, cond=cond))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
