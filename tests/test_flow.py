@@ -1,6 +1,6 @@
 """Flow family (RealNVP / Glow): exact inverses, log-determinants against brute-force Jacobians, closed-form
 likelihoods, actnorm initialisation, the LU 1x1 convolution, temperature sampling; plus the shared
-dequantisation (genlab/nn/likelihood.py) and how `genlab eval --metrics nll` reports exact values vs bounds."""
+dequantisation (genlab/dequantization.py) and how `genlab eval --metrics nll` reports exact values vs bounds."""
 
 import ast
 import json
@@ -12,9 +12,10 @@ import torch
 from conftest import FAST_TRAIN, TINY_VAE, plain_step, run_cli, spec_for
 
 import genlab
+import genlab.dequantization
 from genlab.data import to_uint8
+from genlab.dequantization import dequantize, discrete_log_likelihood, undequantize
 from genlab.models import FAMILIES, flow
-from genlab.nn.likelihood import dequantize, discrete_log_likelihood, undequantize
 from genlab.rng import SampleRNG, derive_seed
 
 ROOT = Path(__file__).resolve().parent.parent / "genlab"
@@ -208,11 +209,14 @@ def _offset_constants(path: Path) -> list[str]:
     return found
 
 
-def test_the_discrete_likelihood_offset_lives_only_in_nn_likelihood():
-    shared = ROOT / "nn" / "likelihood.py"
-    assert _offset_constants(shared) == [] and "math.log(2 / levels)" in shared.read_text()
-    files = [p for p in (*(ROOT / "models").glob("*.py"), *(ROOT / "nn").glob("*.py")) if p != shared]
+def test_the_discrete_likelihood_offset_lives_only_in_the_dequantization_leaf():
+    shared = ROOT / "dequantization.py"
+    assert _offset_constants(shared) == [] and "math.log(value_range / levels)" in shared.read_text()
+    files = [p for p in ROOT.rglob("*.py") if p != shared]  # families, networks, metrics, everything else
     assert [hit for p in files for hit in _offset_constants(p)] == []
+    from genlab.metrics import likelihood
+
+    assert likelihood.dequantization_offset is genlab.dequantization.dequantization_offset  # one definition
     for name in ("vae", "gmm", "flow"):  # every family with an 8-bit likelihood uses the shared function
         assert "discrete_log_likelihood(" in (ROOT / "models" / f"{name}.py").read_text(), name
 

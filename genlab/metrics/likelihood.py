@@ -3,7 +3,8 @@
 Convention: images are 8-bit, so a model of continuous values must be turned into a discrete likelihood
 before comparison. genlab families report log P(x) of the 8-bit image in nats; a continuous density p on
 [-1, 1] pixel units becomes (a lower bound on) it by uniform dequantisation, log P(x) >= log p(x) + D log(2/256)
-(Theis et al. 2016; the bin of one 8-bit level is 2/256 wide in [-1, 1] units). Bits/dim = -log P(x) / (D ln 2).
+(Theis et al. 2016; the bin of one 8-bit level is 2/256 wide in [-1, 1] units; `genlab.dequantization` holds
+that offset, once). Bits/dim = -log P(x) / (D ln 2).
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import math
 
 import torch
 
+from genlab.dequantization import dequantization_offset
 
-def dequantization_offset(num_dims: int, levels: int = 256, value_range: float = 2.0) -> float:
-    """D log(range / levels): add to a continuous log-density (nats) to get the discrete log-likelihood bound."""
-    return num_dims * math.log(value_range / levels)
+__all__ = ["bits_per_dim", "dequantization_offset", "nats_from_bits_per_dim"]
 
 
 def bits_per_dim(log_likelihood_nats, num_dims: int):

@@ -26,7 +26,7 @@ Sizes: `model.num_scales` squeezes need H and W divisible by 2^num_scales. 28x28
 2-D points (spec.shape (D,)) are (B, D, 1, 1) "images": `point_layers` steps of [actnorm, (glow: an
 invertible D x D linear map), coupling with an MLP conditioner], alternating which coordinate is transformed.
 
-Likelihood: images are dequantised, y = dequantize(x, u) with u ~ U[0, 1)^D (`genlab.nn.likelihood`; Theis et
+Likelihood: images are dequantised, y = dequantize(x, u) with u ~ U[0, 1)^D (`genlab.dequantization`; Theis et
 al. 2016, Ho et al. 2019), so the flow's exact continuous density on [-1, 1) gives log P(x) >= E_u log p(y) +
 D log(2/256) for the 8-bit image; training minimises its negative in bits per dimension, `log_likelihood`
 evaluates it with one u per image. Points: the exact continuous density.
@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.nn.likelihood import dequantize, discrete_log_likelihood, undequantize
+from genlab.dequantization import dequantize, discrete_log_likelihood, undequantize
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)

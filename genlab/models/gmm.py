@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from genlab.nn.likelihood import discrete_log_likelihood
+from genlab.dequantization import discrete_log_likelihood
 from genlab.progress import bar
 from genlab.rng import SampleRNG
 

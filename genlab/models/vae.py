@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.dequantization import discrete_log_likelihood
 from genlab.nn.autoencoder import ConvDecoder, ConvEncoder, decoder_mean, feature_sizes, mlp
-from genlab.nn.likelihood import discrete_log_likelihood
 from genlab.rng import SampleRNG
 
 SAMPLERS = ("prior",)

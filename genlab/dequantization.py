@@ -10,7 +10,10 @@ P(k) = integral of p over bin k, and, by Jensen's inequality (Theis et al. 2016;
 with equality when p is flat across each bin. A model trained on dequantised data (a flow) maximises this
 bound; a density evaluated at the level itself (the VAE's Gaussian decoder, a GMM on pixels) uses
 log p(x) + D log(2/256), the same offset, an approximation that needs p to vary little across one bin.
-Either way the offset D log(2/256) is added here and nowhere else.
+Either way the offset D log(2/256) is added here and nowhere else (`dequantization_offset`).
+
+A leaf module (it imports only torch): the families (through `discrete_log_likelihood`) and the metrics (unit
+conversions in `genlab.metrics.likelihood`) share this one definition.
 """
 
 from __future__ import annotations
@@ -42,9 +45,14 @@ def undequantize(y: torch.Tensor, u: torch.Tensor | float = 0.5, levels: int = L
     return k * (2 / (levels - 1)) - 1
 
 
+def dequantization_offset(num_dims: int, levels: int = LEVELS, value_range: float = 2.0) -> float:
+    """D log(range / levels), the log-volume of one D-dimensional bin: continuous log-density -> discrete bound."""
+    return num_dims * math.log(value_range / levels)
+
+
 def discrete_log_likelihood(log_density: torch.Tensor, num_dims: int, levels: int = LEVELS) -> torch.Tensor:
     """log P(x) of the 8-bit image, in nats: a continuous log-density on [-1, 1]^D plus D log(2 / levels).
 
-    The log-volume of one bin (see the module docstring for when this is a bound and when an approximation).
+    See the module docstring for when this is a bound and when an approximation.
     """
-    return log_density + num_dims * math.log(2 / levels)
+    return log_density + dequantization_offset(num_dims, levels)
