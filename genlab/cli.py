@@ -100,6 +100,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    """Progressive distillation from TEACHER down to --to-steps, one `distill` run per stage (see distill_stages)."""
+    from genlab.config import load_yaml, parse_overrides
+    from genlab.report import write_report
+    from genlab.training.distill_stages import run_stages
+
+    base = load_yaml(_resolve_config(args.config)) if args.config else None
+    dirs = run_stages(args.teacher, args.out, to_steps=args.to_steps, base=base,
+                      overrides=parse_overrides(args.overrides), command=args.command_line,
+                      after_stage=write_report if int(os.environ.get("RANK", "0")) == 0 else None)
+    print("done:\n" + "\n".join(f"  {d}" for d in dirs))
+    return 0
+
+
 def cmd_sample(args) -> int:
     import torch
 
@@ -108,17 +122,61 @@ def cmd_sample(args) -> int:
     from genlab.training.run import load_run
 
     run = load_run(args.run, ema=not args.no_ema)
+    if args.mix is not None:  # a style-mixing grid: rows give the coarse styles, columns the fine ones
+        if not hasattr(run.family, "style_mixing"):
+            raise UsageError(f"--mix needs a style-based generator (stylegan); {args.run} is a {run.family_name} run")
+        seeds = range(args.seed, args.seed + 10)
+        try:
+            grid = run.family.style_mixing(run.model, seeds[:5], seeds[5:], crossover=args.mix or None,
+                                           truncation=args.truncation)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        out = Path(args.out or Path(args.run) / "samples" / f"mixing-seed{args.seed}.png")
+        save_grid(to_uint8(grid), out)
+        print(f"wrote a 5 x 5 style-mixing grid to {out} (row seeds {args.seed}..{args.seed + 4} give the coarse "
+              f"styles, column seeds {args.seed + 5}..{args.seed + 9} the fine ones)")
+        return 0
     if args.sampler is not None and args.sampler not in run.family.SAMPLERS:
         raise unknown(f"sampler for {run.family_name}", args.sampler, run.family.SAMPLERS)
+    classifier = _guidance_classifier(args, run)
     cond = None
+    captions = None  # --prompt / --prompts: one caption per image, written under it in the grid
+    if args.prompt is not None or args.prompts is not None:
+        from genlab.sample_inputs import read_prompts
+
+        if args.prompt is not None and args.prompts is not None:
+            raise UsageError("give --prompt or --prompts, not both")
+        if "text" not in run.family.needs(run.config.model):
+            what = ", ".join(k for k in run.family.needs(run.config.model) if k != "x") or "nothing"
+            raise UsageError(f"--prompt needs a text-conditional run; {args.run} is a {run.family_name} run "
+                             f"conditioned on {what}" + (" (use --class)" if what.startswith("y") else ""))
+        captions = read_prompts(args.prompts) if args.prompts is not None else [args.prompt] * args.n
+        args.n = len(captions)  # --prompts: one image per prompt
+        cond = {"text": captions}
     if args.cls is not None:
-        if "y" not in run.family.needs(run.config.model):
+        if "y" not in run.family.needs(run.config.model) and classifier is None:
             raise UsageError(f"--class needs a class-conditional model; {args.run} was trained without labels")
-        cond = {"y": torch.full((args.n,), args.cls, dtype=torch.long)}
+        cond = {**(cond or {}), "y": torch.full((args.n,), args.cls, dtype=torch.long)}
+    if args.color is not None:
+        from genlab.sample_inputs import color_index
+
+        cond = {**(cond or {}), "color": torch.full((args.n,), color_index(args.color), dtype=torch.long)}
+    if (args.image is not None or args.mask is not None) and not getattr(run.config.model, "inpaint", False):
+        raise UsageError(f"--image/--mask need an inpainting run (ldm with model.inpaint=true); {args.run} is not one")
+    if args.layout is not None and "boxes" not in run.family.needs(run.config.model):
+        raise UsageError(f"--layout needs a layout-conditional run (ldm with model.cond=layout); {args.run} is not one")
+    if args.image is not None or args.mask is not None:
+        from genlab.sample_inputs import inpaint_inputs
+
+        cond = {**(cond or {}), **inpaint_inputs(args.image, args.mask)}
+    if args.layout is not None:
+        from genlab.sample_inputs import layout_inputs
+
+        cond = {**(cond or {}), **layout_inputs(args.layout, list(run.spec.classes), args.n)}
     try:
         x = run.sample(args.n, seed=args.seed, cond=cond, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                       sigmas=args.sigmas, guidance=args.guidance,
-                       progress=True)
+                       sigmas=args.sigmas, guidance=args.guidance, classifier=classifier,
+                       truncation=args.truncation, temperature=args.temperature, progress=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
     out = Path(args.out or Path(args.run) / "samples" / f"sample-seed{args.seed}.png")
@@ -131,7 +189,12 @@ def cmd_sample(args) -> int:
         print(f"wrote {len(x)} points to {out}")
         return 0
     images = to_uint8(x)
-    if out.suffix.lower() == ".png":
+    if out.suffix.lower() == ".png" and captions is not None:
+        from genlab.report.prompts import save_captioned_grid
+
+        save_captioned_grid(images, captions, out)
+        print(f"wrote a grid of {len(images)} samples, each with its prompt under it, to {out}")
+    elif out.suffix.lower() == ".png":
         save_grid(images, out)
         print(f"wrote a grid of {len(images)} samples to {out}")
     else:
@@ -139,6 +202,27 @@ def cmd_sample(args) -> int:
             save_png(im, out / f"{i:06d}.png")
         print(f"wrote {len(images)} PNG files to {out}/")
     return 0
+
+
+def _guidance_classifier(args, run):
+    """The model of `--classifier RUN` for classifier guidance, checked against the diffusion run (or None)."""
+    if not args.classifier:
+        return None
+    from genlab.training.run import load_run
+
+    if "classifier" not in run.family.SAMPLE_OPTIONS:
+        raise UsageError(f"--classifier guides diffusion runs (ddpm); {args.run} is a '{run.family_name}' run")
+    clf = load_run(args.classifier)
+    if clf.family_name != "classifier":
+        raise UsageError(f"--classifier {args.classifier} is a '{clf.family_name}' run; train one with "
+                         f"`genlab train classifier --data {run.config.data.name}`")
+    if list(clf.spec.shape) != list(run.spec.shape) or list(clf.spec.classes) != list(run.spec.classes):
+        raise UsageError(f"--classifier {args.classifier} was trained on {clf.spec.name} {list(clf.spec.shape)} with "
+                         f"{len(clf.spec.classes)} classes; {args.run} on {run.spec.name} {list(run.spec.shape)} with "
+                         f"{len(run.spec.classes)}: train the classifier on the same dataset")
+    if args.cls is None:
+        raise UsageError("classifier guidance steers towards a class: pass --class K")
+    return clf.model
 
 
 def _load_images(path: Path):
@@ -372,6 +456,16 @@ def cmd_anomaly(args) -> int:
     return 0
 
 
+def cmd_translate(args) -> int:
+    from genlab.translate import run_translate
+
+    r = run_translate(args.run, args.input, args.out, to=args.to, n_outputs=args.n_outputs, seed=args.seed,
+                      data=args.data, split=args.split, n=args.n, ema=not args.no_ema)
+    cols = "input | " + (f"{r['outputs']} outputs" if r["outputs"] > 1 else "output") + (" | target" if r["target"] else "")
+    print(f"translated {r['n']} images into {args.out}/; grid ({cols}): {r['grid']}")
+    return 0
+
+
 def cmd_data_show(args) -> int:
     from genlab.data import load_dataset
     from genlab.data.show import draw_examples, pick_examples
@@ -418,6 +512,20 @@ def make_parser() -> argparse.ArgumentParser:
     for cmd in (t,):
         _threads_option(cmd)
 
+    dd = sub.add_parser("distill", help="progressive distillation of a ddpm run, stage by stage, down to --to-steps",
+                        description="Progressive distillation (Salimans & Ho 2022): each stage trains a student that "
+                        "samples in half its teacher's steps, starting from the teacher's weights. Stage I is written "
+                        "to OUT/stage-I-Nsteps/, a normal run (sample it with genlab sample) whose teacher is the "
+                        "previous stage. Finished stages are kept when the command is run again.")
+    dd.add_argument("teacher", help="a trained ddpm run (or a distill stage to continue from)")
+    dd.add_argument("--out", required=True, help="folder for the stage runs")
+    dd.add_argument("--to-steps", type=_positive_int, default=1, help="steps of the last student (default 1)")
+    dd.add_argument("--config", help="YAML config file or preset name from configs/ for every stage")
+    dd.add_argument("overrides", nargs="*", help="key=value overrides for every stage, e.g. train.steps=2000 "
+                    "model.teacher_steps=64 (the first ddpm teacher's DDIM steps)")
+    dd.set_defaults(fn=cmd_distill)
+    _threads_option(dd)
+
     s = sub.add_parser("sample", help="sample from a trained run")
     s.add_argument("run", help="run directory")
     s.add_argument("--n", type=_positive_int, default=64, help="number of samples")
@@ -425,12 +533,31 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=_positive_int, help="sampler steps")
     s.add_argument("--eta", type=float, help="DDIM eta")
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: conditional, 0: unconditional, "
-                   ">1: stronger; ddpm trained with model.class_cond=true model.p_uncond=0.1); needs --class")
+                   ">1: stronger; ddpm trained with model.class_cond=true model.p_uncond=0.1); needs --class. With "
+                   "--classifier: the classifier-guidance scale instead (0: none, default 1)")
+    s.add_argument("--classifier", help="a trained `classifier` run: classifier guidance (Dhariwal & Nichol 2021) "
+                   "towards --class, scaled by --guidance")
     s.add_argument("--sigmas", choices=["uniform", "karras"],
                    help="diffusion noise levels: evenly spaced timesteps, or Karras et al.'s grid (for heun, dpmpp_2m)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--class", dest="cls", type=int, help="class label for conditional models")
+    s.add_argument("--color", help="colour (name or index) with --class, for runs conditioned on (class, colour) "
+                   "pairs (ldm on fmnist-color)")
+    s.add_argument("--prompt", help="caption for a text-conditional run (ldm model.cond=text), e.g. "
+                   "'a red sneaker at the top left'; shown under each image in the grid")
+    s.add_argument("--prompts", metavar="FILE", help="text file, one prompt per line: one image per prompt")
+    s.add_argument("--image", metavar="PNG", help="inpainting (ldm model.inpaint=true): the picture to complete")
+    s.add_argument("--mask", metavar="PNG", help="inpainting: same size as --image, white where to generate")
+    s.add_argument("--layout", metavar="JSON", help='layout-to-image (ldm model.cond=layout): a JSON file or list '
+                   '[{"box": [x0, y0, x1, y1], "class": "sneaker", "color": "red"}, ...], boxes as fractions in [0, 1]')
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--temperature", type=float, metavar="T", help="flows: z ~ N(0, T^2 I); pixelcnn: softmax "
+                   "temperature (default: the run's model.temperature)")
+    s.add_argument("--truncation", type=float, metavar="PSI", help="truncation trick (stylegan): pull w towards the "
+                   "mean w, psi in [0, 1] (1: off, 0.7: the paper's figures)")
+    s.add_argument("--mix", type=int, nargs="?", const=0, metavar="CROSSOVER", help="write a style-mixing grid "
+                   "(stylegan): rows take the styles of layers below CROSSOVER (default: the 4x4 and 8x8 layers), "
+                   "columns the rest")
     s.add_argument("--out", help="FILE.png for a grid, or a DIR for one PNG per sample")
     s.set_defaults(fn=cmd_sample)
     _threads_option(s)
@@ -470,6 +597,25 @@ def make_parser() -> argparse.ArgumentParser:
     a.set_defaults(fn=cmd_anomaly)
     _threads_option(a)
 
+    tr = sub.add_parser("translate", help="translate images with a pix2pix / cyclegan / bicyclegan / stargan run",
+                        description="Translate a folder of PNGs (INPUT) or a dataset split (--data; default: the "
+                        "run's own dataset) with an image-to-image run. Writes NNNNNN-input.png, NNNNNN-out-K.png, "
+                        "NNNNNN-target.png (paired data) and grid.png (rows: input | outputs | target) to --out.")
+    tr.add_argument("run", help="run directory of a translation family")
+    tr.add_argument("input", nargs="?", help="folder of PNG files of the run's image size and channels")
+    tr.add_argument("--out", required=True, help="folder to write the PNGs and grid.png to")
+    tr.add_argument("--to", help="target domain: stargan a colour name or index; cyclegan a domain name, A/B, or a "
+                    "direction such as A->B (default A->B)")
+    tr.add_argument("--n-outputs", type=_positive_int, default=1, help="outputs per input (bicyclegan: different z; "
+                    "default 1)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the outputs' noise")
+    tr.add_argument("--data", help="dataset to take inputs from instead of INPUT (e.g. edges2fmnist)")
+    tr.add_argument("--split", default="test", choices=["train", "test"], help="its split (default test)")
+    tr.add_argument("--n", type=_positive_int, default=16, help="number of inputs (default 16)")
+    tr.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    tr.set_defaults(fn=cmd_translate)
+    _threads_option(tr)
+
     sub.add_parser("list", help="families, datasets, samplers and presets").set_defaults(fn=cmd_list)
 
     r = sub.add_parser("report", help="(re)write RUN/report.html")
@@ -507,7 +653,7 @@ def main(argv=None) -> int:
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come before or after options
-    if extra and (args.command != "train" or any(x.startswith("-") or "=" not in x for x in extra)):
+    if extra and (args.command not in ("train", "distill") or any(x.startswith("-") or "=" not in x for x in extra)):
         hints = [f"{_TRAIN_KEY_HINTS[x.split('=')[0]]}=..." for x in extra if x.split("=")[0] in _TRAIN_KEY_HINTS]
         if args.command == "train" and hints:
             parser.error(f"unrecognized arguments: {' '.join(extra)}; config values are key=value overrides, "

@@ -96,7 +96,9 @@ def test_presets_parse():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["train", "glow"], "unknown family 'glow'; expected one of: ae, ddpm, flow, gan, gmm, pixelcnn, vae, vqvae"),
+        (["train", "glow"], "unknown family 'glow'; expected one of: ae, autoencoder-kl, bicyclegan, classifier, consistency, "
+                            "cyclegan, ddgan, ddpm, distill, flow, gan, gmm, lcm, ldm, pix2pix, pixelcnn, progan, stargan, "
+                            "stylegan, vae, vqvae"),
         (["train", "ddpm", "--data", "cifar"], "unknown dataset 'cifar'; expected one of:"),
         (["train", "ddpm", "train.stepz=3"], "unknown config key 'train.stepz'"),
         (["train", "ddpm", "model.sampler=plms"], "config key 'model.sampler' expects one of: ddim, ddpm, euler, heun, dpmpp_2m; got 'plms'"),

@@ -12,13 +12,21 @@ from conftest import FAST_TRAIN, run_cli, run_torchrun
 
 from genlab.config import DataConfig, RunConfig
 from genlab.models import FAMILIES
-from genlab.training.data import eval_conditions, load_data
 from genlab.training.checkpoint import latest_checkpoint
+from genlab.training.data import eval_conditions, load_data
 
 # Tiny settings per family, on the ring8 toy (MLP networks) unless TINY_DATA names another dataset (image-to-
 # image families need paired or domain-labelled images): seconds per run.
 TINY = {
+    "pix2pix": ["model.base=4", "model.depth=2", "model.d_layers=1", "model.dropout=0.5"],
+    "cyclegan": ["model.base=4", "model.n_blocks=1", "model.d_layers=1", "model.pool_size=3", "model.losses=full+identity", "model.norm=none"],
+    "bicyclegan": ["model.g_channels=4", "model.e_channels=4", "model.d_channels=4", "model.d_layers=1", "model.latent_dim=2"],
+    "stargan": ["model.g_channels=4", "model.g_blocks=1", "model.d_channels=4", "model.d_layers=2", "model.d_steps=2"],
     "ddpm": ["model.mlp_hidden=16", "model.mlp_layers=1", "model.sample_steps=3"],
+    "classifier": ["model.base_channels=8", "model.channel_mult=[1,2]", "model.timesteps=50"],
+    "distill": ["model.teacher_steps=4"],  # its teacher: TINY_DEPS below
+    "ddgan": ["model.mlp_hidden=16", "model.mlp_layers=1", "model.latent_dim=4", "model.num_steps=2"],
+    "consistency": ["model.mode=ct", "model.mlp_hidden=16", "model.mlp_layers=1", "model.ct_total_steps=4", "model.sample_steps=2"],
     "vae": ["model.mlp_hidden=16", "model.latent_dim=2"],
     "ae": ["model.mlp_hidden=16", "model.latent_dim=2", "model.corruption=gaussian"],
     "gan": ["model.mlp_hidden=16", "model.latent_dim=4", "model.pack=2"],
@@ -26,10 +34,50 @@ TINY = {
     "gmm": ["model.n_components=8", "model.max_fit=2000"],
     "flow": ["model.mlp_hidden=16", "model.point_layers=4"],
     "pixelcnn": ["model.channels=8", "model.layers=1", "model.kernel=3", "model.embed_dim=4"],
+    "autoencoder-kl": ["model.channels=4", "model.downsample=2", "model.latent_channels=2", "model.disc_start=1", "model.disc_channels=4"],
+    "ldm": ["model.cond=class", "model.base_channels=64", "model.channel_mult=[1]", "model.attn_resolutions=[4]", "model.sample_steps=2"],  # first stage: TINY_DEPS; width 64 so GroupNorm groups hold 2 channels (1 per group zeroes bias gradients, which Adam turns into noise)
+    "lcm": ["model.skip=250", "model.sample_steps=2"],  # its ldm teacher (and that one's first stage): TINY_DEPS
+    "progan": ["model.channels=8", "model.min_channels=8", "model.latent_dim=8", "model.phase_steps=1", "model.mbstd_group=2"],
+    "stylegan": ["model.channels=8", "model.min_channels=8", "model.latent_dim=8", "model.w_dim=8", "model.mapping_layers=2", "model.mbstd_group=2", "model.r1_gamma=1", "model.pl_weight=1", "model.lr=2e-4"],
 }
 
 
-TINY_DATA: dict[str, str] = {}  # family -> dataset for the checks below (default ring8)
+TINY_DATA: dict[str, str] = {"cyclegan": "unpaired:sneaker,ankle-boot", "classifier": "digits", "pix2pix": "edges2fmnist", "bicyclegan": "edges2fmnist-color", "stargan": "fmnist-color", "progan": "digits", "stylegan": "digits", "autoencoder-kl": "digits", "ldm": "digits", "lcm": "digits"}  # family -> dataset for the checks below (default ring8)
+
+
+# Families trained on top of other runs (a teacher, an autoencoder, a base model): config key -> (family, extra
+# overrides) of a tiny run trained once per test session, with that family's TINY settings on the dependent
+# family's dataset; `_args` passes key=<its run directory>. See /work/briefs/contract-deps.md.
+TINY_DEPS: dict[str, dict[str, tuple[str, list[str]]]] = {
+    "distill": {"model.teacher": ("ddpm", ["train.steps=3"])},
+    "ldm": {"model.autoencoder": ("autoencoder-kl", ["train.steps=3"])},
+    # lcm: a v-prediction teacher; an eps one turns float rounding into errors ~sigma_max (157) x larger (docs/lcm.md)
+    "lcm": {"model.teacher": ("ldm", ["train.steps=3", "model.prediction=v"])},
+}
+_DEP_ROOT: list[Path] = []  # the session's folder for TINY_DEPS runs (set by the fixture below)
+_DEP_RUNS: dict[tuple[str, str], Path] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_deps_root(tmp_path_factory):
+    _DEP_ROOT.append(tmp_path_factory.mktemp("tiny-deps"))
+    yield
+    _DEP_ROOT.clear()
+    _DEP_RUNS.clear()
+
+
+def _dep_overrides(family) -> list[str]:
+    """key=RUN for each TINY_DEPS entry of `family`, training the dependency the first time it is asked for."""
+    out = []
+    for key, (dep, extra) in TINY_DEPS.get(family, {}).items():
+        run = _DEP_RUNS.get((family, key))
+        if run is None:
+            run = _DEP_ROOT[0] / f"{family}-{key.replace('.', '-')}"
+            assert run_cli("train", dep, "--data", TINY_DATA.get(family, "ring8"), *TINY[dep], *_dep_overrides(dep), *FAST_TRAIN,
+                           "train.trackers=none", *extra, "--out", run) == 0
+            _DEP_RUNS[(family, key)] = run
+        out.append(f"{key}={run}")
+    return out
 
 
 def test_every_family_has_tiny_settings():
@@ -37,7 +85,7 @@ def test_every_family_has_tiny_settings():
 
 
 def _args(family, out, *extra):
-    return ["train", family, "--data", TINY_DATA.get(family, "ring8"), *TINY[family], *FAST_TRAIN, "train.trackers=none", *extra, "--out", out]
+    return ["train", family, "--data", TINY_DATA.get(family, "ring8"), *TINY[family], *_dep_overrides(family), *FAST_TRAIN, "train.trackers=none", *extra, "--out", out]
 
 
 def _final(run):

@@ -275,3 +275,21 @@ def test_eval_nll_on_a_family_without_likelihood_is_a_usage_error(tmp_path, caps
     assert run_cli("eval", out, "--metrics", "nll", "--n", "16") == 2
     err = capsys.readouterr().err
     assert "ae family has no likelihood" in err and "drop 'nll'" in err
+
+
+def test_sample_cli_takes_a_temperature_and_refuses_it_where_it_means_nothing(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "flow-ring"
+    assert run_cli("train", "flow", "--data", "ring8", "model.mlp_hidden=16", "model.point_layers=2", *FAST_TRAIN,
+                   "train.steps=3", "--out", out) == 0
+    assert run_cli("sample", out, "--n", "6", "--temperature", "0", "--out", tmp_path / "t0") == 0
+    pts = load_file(str(tmp_path / "t0.safetensors"))["points"]
+    assert torch.allclose(pts, pts[:1].expand_as(pts))  # z = 0 for every sample: one point, f^-1(0)
+    assert run_cli("sample", out, "--n", "6", "--temperature", "1", "--out", tmp_path / "t1") == 0
+    assert not torch.allclose(load_file(str(tmp_path / "t1.safetensors"))["points"][0], pts[0])
+    capsys.readouterr()
+    gan = tmp_path / "gan"
+    assert run_cli("train", "gan", "--data", "ring8", "model.mlp_hidden=16", *FAST_TRAIN, "train.steps=2", "--out", gan) == 0
+    assert run_cli("sample", gan, "--n", "4", "--temperature", "0.7") == 2
+    assert "takes no 'temperature' option" in capsys.readouterr().err

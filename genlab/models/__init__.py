@@ -12,7 +12,29 @@ import torch
 from torch import nn
 
 from genlab.errors import unknown
-from genlab.models import ae, ddpm, flow, gan, gmm, pixelcnn, vae, vqvae
+from genlab.models import (
+    ae,
+    autoencoder_kl,
+    bicyclegan,
+    classifier,
+    consistency,
+    cyclegan,
+    ddgan,
+    ddpm,
+    distill,
+    flow,
+    gan,
+    gmm,
+    lcm,
+    ldm,
+    pix2pix,
+    pixelcnn,
+    progan,
+    stargan,
+    stylegan,
+    vae,
+    vqvae,
+)
 
 
 class Family(Protocol):
@@ -52,10 +74,22 @@ class Family(Protocol):
 # Optional members: DEPS (config fields naming runs), DEP_FAMILIES ({field: allowed families}), EMA_MODULES
 # (children the EMA averages; default all), RESUMABLE (extra model keys a resume may change), encode/decode,
 # log_likelihood(model, x, *, generator) in nats, anomaly_score(model, x, *, generator), report_images(model,
-# batch, generator), fit(model, batch, *, seed) for closed-form families.
+# batch, generator), fit(model, batch, *, seed) for closed-form families; image-to-image translation:
+# translate(model, x_src, *, to=None, n_outputs=1, generator=None) -> (B, K, C, H, W) for `genlab translate`
+# (see genlab/translate.py), and eval_conditions(test, n) -> dict building evaluation conditions from the test
+# Dataset when they are not its own batch keys (see genlab.training.data.eval_conditions).
 
-FAMILIES = {"ddpm": ddpm, "vae": vae, "ae": ae, "gan": gan, "vqvae": vqvae, "gmm": gmm, "pixelcnn": pixelcnn,
-            "flow": flow}
+FAMILIES = {
+    # diffusion and its fast / guided relatives
+    "ddpm": ddpm, "classifier": classifier, "distill": distill, "consistency": consistency, "ddgan": ddgan,
+    # autoencoders, mixtures, likelihood models
+    "vae": vae, "ae": ae, "vqvae": vqvae, "gmm": gmm, "pixelcnn": pixelcnn, "flow": flow,
+    # GANs: unconditional / class-conditional, style-based, image-to-image
+    "gan": gan, "progan": progan, "stylegan": stylegan,
+    "pix2pix": pix2pix, "cyclegan": cyclegan, "bicyclegan": bicyclegan, "stargan": stargan,
+    # latent diffusion: first stage, diffusion in its latent space, latent consistency
+    "autoencoder-kl": autoencoder_kl, "ldm": ldm, "lcm": lcm,
+}
 
 
 def get_family(name: str):

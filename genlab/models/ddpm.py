@@ -27,10 +27,12 @@ from genlab.samplers import (
     make_alpha_bar,
     q_sample,
     v_target,
+    vp_sigmas,
 )
+from genlab.samplers.classifier_guidance import VPClassifier, classifier_guidance
 
 SAMPLERS = tuple(SAMPLER_FNS)  # ddpm, ddim, euler, heun, dpmpp_2m
-SAMPLE_OPTIONS = ("sampler", "steps", "eta", "sigmas", "guidance", "callback", "batch_size")
+SAMPLE_OPTIONS = ("sampler", "steps", "eta", "sigmas", "guidance", "classifier", "callback", "batch_size")
 RESUMABLE = ("guidance", "sigmas")  # sampling defaults a resumed run may change
 
 
@@ -153,6 +155,32 @@ def denoiser(model: DDPM, guidance: float = 1.0):
     return D if clip is None else (lambda x, sigma, cond=None: D(x, sigma, cond).clamp(-clip, clip))
 
 
+def classifier_guided_denoiser(model: DDPM, classifier: nn.Module, scale: float):
+    """The denoiser plus classifier guidance (Dhariwal & Nichol 2021): D' = D + scale sigma^2 grad log p(y | x).
+
+    `classifier` is a trained `classifier` run's model: `classifier(x_t, t) -> logits`, with `data_shape`,
+    `num_classes` and the `alpha_bar` it was trained on, which must be this model's (the gradient is taken at the
+    same x_t and t). A class-conditional model is guided from its conditional branch (Dhariwal & Nichol's best
+    setting, their Table 4), an unconditional one from its only branch; the labels in `cond` go to both.
+    """
+    for attr in ("data_shape", "num_classes", "alpha_bar"):
+        if not hasattr(classifier, attr):
+            raise ValueError(f"classifier= must be a trained 'classifier' run's model (it has no '{attr}'); "
+                             "train one with `genlab train classifier --data DATASET`")
+    if list(classifier.data_shape) != list(model.data_shape):
+        raise ValueError(f"the classifier was trained on data of shape {list(classifier.data_shape)}, this model on "
+                         f"{list(model.data_shape)}; train the classifier on the model's dataset")
+    if model.cfg.class_cond and classifier.num_classes != model.num_classes:
+        raise ValueError(f"the classifier has {classifier.num_classes} classes, this model {model.num_classes}")
+    ab = alpha_bar(model.cfg)
+    if classifier.alpha_bar.shape != ab.shape or not torch.allclose(classifier.alpha_bar.double(), ab):
+        raise ValueError("the classifier was trained on another noise schedule (model.schedule, timesteps, beta_start, "
+                         "beta_end must match the diffusion run's)")
+    D = denoiser(model)
+    base = D if model.cfg.class_cond else (lambda x, sigma, cond=None: D(x, sigma, None))
+    return classifier_guidance(base, VPClassifier(classifier, ab), scale)
+
+
 @torch.no_grad()
 def sample(
     model: DDPM,
@@ -165,6 +193,7 @@ def sample(
     eta: float | None = None,
     sigmas: str | None = None,
     guidance: float | None = None,
+    classifier: nn.Module | None = None,
     callback=None,
     batch_size: int = 256,
 ) -> torch.Tensor:
@@ -175,6 +204,9 @@ def sample(
     timesteps (`sigmas="uniform"`, what DDPM and DDIM use) or Karras et al.'s grid (`"karras"`, dense at low
     noise, where the second-order samplers heun and dpmpp_2m need their steps). `guidance` s != 1 samples with
     classifier-free guidance (Ho & Salimans 2022; their w = s - 1) and needs class labels in `cond`.
+    With `classifier` (a trained `classifier` run's model), `guidance` is instead the classifier-guidance scale
+    (Dhariwal & Nichol 2021; default 1, 0 = unguided) and classifier-free guidance is off; it needs labels too
+    and also works for an unconditional model (see `classifier_guided_denoiser`).
     """
     cfg = model.cfg
     sampler = sampler or cfg.sampler
@@ -185,19 +217,26 @@ def sample(
         raise ValueError(f"steps must be in 1..{cfg.timesteps}, got {steps}")
     opts = {"eta": cfg.eta if eta is None else eta} if sampler == "ddim" else {}
     device = next(model.parameters()).device
-    y = class_labels(cond, n, cfg.class_cond, model.num_classes)
-    guidance = cfg.guidance if guidance is None else guidance
-    if guidance != 1 and y is None:
-        raise ValueError("guided sampling needs class labels: pass --class (or cond={'y': labels})")
+    if classifier is not None:  # classifier guidance: the labels are the classifier's targets
+        D = classifier_guided_denoiser(model, classifier, 1.0 if guidance is None else guidance)
+        y = class_labels(cond, n, True, classifier.num_classes)
+        if y is None:
+            raise ValueError("classifier guidance needs class labels: pass --class (or cond={'y': labels})")
+    else:
+        guidance = cfg.guidance if guidance is None else guidance
+        D = denoiser(model, guidance)  # first: it says when the run cannot be guided at all
+        y = class_labels(cond, n, cfg.class_cond, model.num_classes)
+        if guidance != 1 and y is None:
+            raise ValueError("guided sampling needs class labels: pass --class (or cond={'y': labels})")
     rng = SampleRNG.from_generator(n, generator, device)
-    D = denoiser(model, guidance)
     grid = sigmas or cfg.sigmas
     if grid not in ("uniform", "karras"):
         raise ValueError(f"unknown sigmas '{grid}'; expected one of: uniform, karras")
     if grid == "karras" and steps < 2:
         raise ValueError("the karras grid needs steps >= 2")
+    table = vp_sigmas(alpha_bar(cfg))  # (T,) the training noise levels; a guided D is a plain function
     sigmas = (discrete_sigmas(alpha_bar(cfg), steps) if grid == "uniform"
-              else karras_sigmas(D.sigma_min, D.sigma_max, steps))
+              else karras_sigmas(table[0].item(), table[-1].item(), steps))
     is_image = len(model.data_shape) == 3
     was_training = model.training
     model.eval()

@@ -205,7 +205,12 @@ def write_report(run_dir: str | Path, *, family_pictures: bool = True, latent_me
         batch = data.batch(idx) if hasattr(data, "batch") else data.get(idx)  # a dict batch (the family contract)
         pictures = run.family.report_images(run.model, batch, torch.Generator().manual_seed(0))
         for name, strip in pictures.items():
-            png = save_grid(to_uint8(strip), assets / f"{name}.png")
+            if name == "prompts" and "text" in batch:  # text-to-image samples: each caption under its image
+                from genlab.report.prompts import save_captioned_grid
+
+                png = save_captioned_grid(to_uint8(strip), list(batch["text"][: len(strip)]), assets / f"{name}.png")
+            else:
+                png = save_grid(to_uint8(strip), assets / f"{name}.png")
             fig = _img(png, run_dir, _CAPTIONS.get(name, name), pixels=True, width=_strip_width(png))
             sections.append(_section(name, name.capitalize(), _INTROS.get(name, ""), fig))
 

@@ -71,8 +71,15 @@ def eval_conditions(cfg: RunConfig, keys, n: int) -> dict | None:
     """Conditions for n evaluation samples from the run's test split (in order, cycled): {"y": ...}, ...
 
     So a class-conditional model is evaluated on the test set's own label distribution (and any other
-    condition kind likewise), not on a made-up one.
+    condition kind likewise), not on a made-up one. A family that builds its conditions from test images
+    itself (translation: CycleGAN and StarGAN translate the test split's `x`) defines
+    `eval_conditions(test, n) -> dict`, which is used instead.
     """
+    from genlab.models import FAMILIES
+
+    custom = getattr(FAMILIES.get(cfg.family), "eval_conditions", None)
+    if custom is not None:
+        return custom(load_data(cfg, "test"), n)
     keys = [k for k in keys if k != "x"]
     if not keys:
         return None

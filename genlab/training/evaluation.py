@@ -107,3 +107,47 @@ def test_likelihood(family, model, cfg: RunConfig, *, seed: int = 0, chunk: int 
     dims = math.prod(data.shape)
     return {"nll_nats": -ll.mean().item(), "bits_per_dim": float(bits_per_dim(ll.mean(), dims)),
             "nll_kind": getattr(family, "LIKELIHOOD", "exact")}
+
+
+@torch.no_grad()
+def path_length(family, model, cfg: RunConfig, *, space: str = "z", sampling: str = "end", n: int = 2000,
+                seed: int = 0, protocol: str = "", batch_size: int = 100) -> dict:
+    """Perceptual path length (Karras et al. 2019, Sec. 3.1) of a generator, in Z or W, 'full' or 'end'.
+
+    The family provides `generate(model, z)` (paths in Z) and, for W, `mapping(model, z)` and
+    `synthesis(model, w)`; the distance is `DomainLPIPS` on the protocol's evaluator (uncalibrated: compare
+    models on one dataset, not with the paper's LPIPS-VGG numbers). Returns {"ppl", "n", "n_kept", "space",
+    "sampling", "distance"} (see genlab.metrics.ppl).
+    """
+    from genlab.metrics.evaluators import load_evaluator
+    from genlab.metrics.lpips import DomainLPIPS
+    from genlab.metrics.ppl import perceptual_path_length
+    from genlab.metrics.protocols import get_protocol, protocol_for_dataset
+
+    name = cfg.family
+    if not hasattr(family, "generate"):
+        raise UsageError(f"the {name} family has no latent generator (generate(model, z)) to measure paths on")
+    if space == "w" and not (hasattr(family, "mapping") and hasattr(family, "synthesis")):
+        raise UsageError(f"the {name} family has no mapping/synthesis split: measure paths in Z (space='z')")
+    try:
+        p = get_protocol(protocol or cfg.eval.protocol or protocol_for_dataset(cfg.data.name))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    device = next(model.parameters()).device
+    distance = DomainLPIPS(load_evaluator(p.extractor, device=device))
+    kw = {"mapping": lambda z: family.mapping(model, z)} if space == "w" else {}
+    # images enter the distance clamped to [-1, 1], as saved images would be (but not quantized: see ppl.py)
+    gen = (lambda w: family.synthesis(model, w).clamp(-1, 1)) if space == "w" else \
+        (lambda z: family.generate(model, z).clamp(-1, 1))
+    was_training = model.training
+    model.eval()
+    try:
+        out = perceptual_path_length(gen, distance, n=n, latent_dim=model.cfg.latent_dim, space=space,
+                                     sampling=sampling, batch_size=batch_size, device=device,
+                                     generator=torch.Generator().manual_seed(derive_seed(seed, "ppl")), **kw)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        model.train(was_training)
+    return {k: v for k, v in out.items() if k != "distances"} | {"space": space, "sampling": sampling,
+                                                                  "distance": f"domain-lpips:{p.extractor}"}
