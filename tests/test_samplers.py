@@ -141,7 +141,9 @@ def golden():
     from genlab.nn import UNet
 
     meta, tensors = load_golden()
-    net = UNet(**json.loads(meta["unet_args"]))
+    # the file predates the GroupNorm rule of >= 4 channels per group (genlab/nn/unet.py `_groups`): its U-Net
+    # normalised with the largest group count dividing each width, which min_group_channels=1 reproduces
+    net = UNet(**json.loads(meta["unet_args"]), min_group_channels=1)
     net.load_state_dict({k: v.float() for k, v in tensors.items() if "/" not in k})
     return meta, tensors, net.eval()
 

@@ -48,3 +48,21 @@ def test_labels_are_keyword_only():
     assert not torch.allclose(net(x, t, y=torch.tensor([0, 1])), net(x, t, y=torch.tensor([2, 2])))
     with pytest.raises(TypeError):
         net(x, t, torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("base", [8, 16, 32])
+def test_narrow_levels_still_see_time_and_labels(base):
+    """A GroupNorm group of one channel (instance norm) right after the embedding's per-channel shift would
+    erase it: narrow U-Nets ignored t and y. Groups now hold >= 4 channels, so both change the output."""
+    torch.manual_seed(0)
+    net = UNet(1, 8, base, [1], 1, [], 0.0, num_classes=10).eval()
+    for p in net.parameters():  # the output conv starts at zero: give every weight a random value
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 1, 8, 8)
+    t = torch.tensor([10, 10])
+    with torch.no_grad():
+        ref = net(x, t, y=torch.tensor([0, 0]))
+        assert (ref - net(x, t, y=torch.tensor([5, 5]))).abs().max() > 1e-3
+        assert (ref - net(x, torch.tensor([900, 900]), y=torch.tensor([0, 0]))).abs().max() > 1e-3
+    assert all(m.num_channels // m.num_groups >= min(4, m.num_channels)
+               for m in net.modules() if isinstance(m, torch.nn.GroupNorm))

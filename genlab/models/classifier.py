@@ -69,11 +69,7 @@ class Classifier(nn.Module):
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
                 block = ResBlock(ch, cfg.base_channels * mult, emb_dim, cfg.dropout)
-                ch = cfg.base_channels * mult
-                # the shared ResBlock normalises after adding the time embedding with one group per channel when
-                # ch <= 32, which removes any per-channel shift: the embedding (and conv1's bias) would have no
-                # effect. Groups of 4 channels keep the classifier noise-conditional.
-                block.norm2 = nn.GroupNorm(max(1, ch // 4), ch)
+                ch = cfg.base_channels * mult  # (ResBlock's norms keep >= 4 channels a group: t stays visible)
                 self.blocks.append(block)
             if level < len(cfg.channel_mult) - 1:
                 self.blocks.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))

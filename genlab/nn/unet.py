@@ -19,10 +19,19 @@ from torch import nn
 
 from genlab.nn.embeddings import timestep_embedding
 
+MIN_GROUP_CHANNELS = 4  # channels per GroupNorm group, at least (DDPM's 128-channel levels: 32 groups of 4)
 
-def _groups(channels: int) -> int:
+
+def _groups(channels: int, min_channels: int = MIN_GROUP_CHANNELS) -> int:
+    """GroupNorm groups for a width: the most of (32, 16, 8, 4, 2) that divide it with >= min_channels each.
+
+    Never one channel per group on narrow levels: that is instance normalisation, and `ResBlock` adds the time
+    and label embedding as a per-channel shift right before `norm2`, which would then remove it exactly (the
+    block would ignore t and y, and those biases would get no gradient). `min_channels=1` is the grouping
+    before this rule (largest of 32, 16, ... dividing the width), kept for the sampler golden file.
+    """
     for g in (32, 16, 8, 4, 2, 1):
-        if channels % g == 0:
+        if channels % g == 0 and channels // g >= min_channels:
             return g
     return 1
 
@@ -30,12 +39,13 @@ def _groups(channels: int) -> int:
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the embedding added between the convs and a 1x1 skip when widths differ."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0,
+                 min_group_channels: int = MIN_GROUP_CHANNELS):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(in_ch), in_ch)
+        self.norm1 = nn.GroupNorm(_groups(in_ch, min_group_channels), in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch)
-        self.norm2 = nn.GroupNorm(_groups(out_ch), out_ch)
+        self.norm2 = nn.GroupNorm(_groups(out_ch, min_group_channels), out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -52,10 +62,10 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention over the H*W positions (scaled dot product), with a residual connection."""
 
-    def __init__(self, channels: int, heads: int = 4):
+    def __init__(self, channels: int, heads: int = 4, min_group_channels: int = MIN_GROUP_CHANNELS):
         super().__init__()
         self.heads = heads if channels % heads == 0 else 1
-        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.norm = nn.GroupNorm(_groups(channels, min_group_channels), channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
@@ -76,10 +86,10 @@ class Attention(nn.Module):
 class CrossAttention(nn.Module):
     """Queries from the feature map, keys and values from context tokens (B, L, D), with a residual."""
 
-    def __init__(self, channels: int, context_dim: int, heads: int = 4):
+    def __init__(self, channels: int, context_dim: int, heads: int = 4, min_group_channels: int = MIN_GROUP_CHANNELS):
         super().__init__()
         self.heads = heads if channels % heads == 0 else 1
-        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.norm = nn.GroupNorm(_groups(channels, min_group_channels), channels)
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.out = nn.Linear(channels, channels)
@@ -116,8 +126,10 @@ class UNet(nn.Module):
         num_classes: int = 0,
         heads: int = 4,
         context_dim: int = 0,
+        min_group_channels: int = MIN_GROUP_CHANNELS,
     ):
         super().__init__()
+        g = min_group_channels  # GroupNorm: at least this many channels per group (see `_groups`)
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -129,11 +141,11 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
                 out = base_channels * mult
-                block = nn.ModuleList([ResBlock(ch, out, emb_dim, dropout)])
+                block = nn.ModuleList([ResBlock(ch, out, emb_dim, dropout, g)])
                 if res in attn_resolutions:
-                    block.append(Attention(out, heads))
+                    block.append(Attention(out, heads, g))
                     if context_dim:
-                        block.append(CrossAttention(out, context_dim, heads))
+                        block.append(CrossAttention(out, context_dim, heads, g))
                 self.down.append(block)
                 ch = out
                 skips.append(ch)
@@ -143,26 +155,26 @@ class UNet(nn.Module):
                 res = (res + 1) // 2
 
         self.skip_channels = list(skips) + [ch]  # what `control` residuals must match: every skip, then the middle
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch, heads),
-                                  *([CrossAttention(ch, context_dim, heads)] if context_dim else []),
-                                  ResBlock(ch, ch, emb_dim, dropout)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout, g), Attention(ch, heads, g),
+                                  *([CrossAttention(ch, context_dim, heads, g)] if context_dim else []),
+                                  ResBlock(ch, ch, emb_dim, dropout, g)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
                 out = base_channels * mult
-                block = nn.ModuleList([ResBlock(ch + skips.pop(), out, emb_dim, dropout)])
+                block = nn.ModuleList([ResBlock(ch + skips.pop(), out, emb_dim, dropout, g)])
                 if res in attn_resolutions:
-                    block.append(Attention(out, heads))
+                    block.append(Attention(out, heads, g))
                     if context_dim:
-                        block.append(CrossAttention(out, context_dim, heads))
+                        block.append(CrossAttention(out, context_dim, heads, g))
                 ch = out
                 if level > 0 and i == num_res_blocks:
                     block.append(Upsample(ch))
                     res = res * 2
                 self.up.append(block)
 
-        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.norm_out = nn.GroupNorm(_groups(ch, g), ch)
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
