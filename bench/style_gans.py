@@ -176,7 +176,7 @@ def write_tables(records: dict, floor: dict, args, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default=",".join(ROWS), help="comma list of rows (default all)")
+    ap.add_argument("--rows", default="", help="';'-separated list of rows (default all; row names hold commas)")
     ap.add_argument("--minutes", type=float, default=0.75, help="training wall-clock minutes per row")
     ap.add_argument("--n", type=int, default=1000, help="generated images for FID / precision / recall")
     ap.add_argument("--ppl-n", type=int, default=200, help="paths per PPL value")
@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--work-dir", default=str(ROOT / "runs" / "bench-style-gans"))
     args = ap.parse_args()
-    rows = [r for r in args.rows.split(",") if r]
+    rows = [r.strip() for r in args.rows.split(";") if r.strip()] or list(ROWS)
     for r in rows:
         if r not in ROWS:
             raise SystemExit(f"unknown row '{r}'; expected one of: {', '.join(ROWS)}")
