@@ -219,7 +219,9 @@ def main() -> None:
                 cols = [to_uint8(b["x_src"])] + [pics[r] for r in rows if r in pics] + [to_uint8(b["x"])]
             else:
                 t = load_dataset("unpaired:sneaker,ankle-boot", "test")
-                src = torch.cat([to_uint8(t.x[t.extra["domain"] == 0][:4]), to_uint8(t.x[t.extra["domain"] == 1][:4])])
+                dom = t.extra["domain"]
+                idx = torch.cat([(dom == 0).nonzero().squeeze(1)[:4], (dom == 1).nonzero().squeeze(1)[:4]])
+                src = to_uint8(t.batch(idx)["x"])  # the stored x is uint8 already: read it as [-1, 1] floats
                 cols = [src] + [pics[r] for r in rows if r in pics]
             picture(cols, ROOT / "docs" / "img" / f"translation-{part}.png")
     results["total_wall_s"] = round(time.time() - t_all, 1)
