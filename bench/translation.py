@@ -12,9 +12,15 @@ bundled Fashion-MNIST classifier; images cropped from 32x32 back to the 28x28 ga
 - CycleGAN (unpaired:sneaker,ankle-boot), every test image of each domain: accuracy of fmnist-net for the
   target class (sneaker -> ankle boot, ankle boot -> sneaker), FID to the target domain's test images, and
   the cycle reconstruction L1 (|F(G(a)) - a|, |G(F(b)) - b| on [0, 1] pixels).
-One seed per row (the budget). JSON + Markdown into bench/results/translation.*; picture grids into docs/img/.
+- CycleGAN on a pair whose pairing is hidden in training but known in the test split
+  (unpaired:edges,garments: edge maps <-> garments, Zhu et al. Sec. 5.1.1's labels <-> photos setting): the same
+  four loss rows, and pix2pix trained on the paired edges2fmnist for the same minutes as the upper bound; edges
+  -> garment outputs scored like the pix2pix part (accuracy for the garment's class, FID, L1, PSNR to the
+  true garment), plus both cycle L1s.
+Every row is trained once per seed (`--seeds`); tables give the mean and the spread (min-max) over seeds.
+JSON + Markdown into bench/results/translation.*; picture grids (seed 0) into docs/img/.
 
-Run:  flock /tmp/genlab-cpu.lock .venv/bin/python bench/translation.py --part all --minutes 0.5
+Run:  env OMP_NUM_THREADS=1 .venv/bin/python bench/translation.py --part all --seeds 0,1,2 --minutes 0.5
 """
 
 from __future__ import annotations
@@ -60,14 +66,21 @@ PATCH_ROWS = ("PixelGAN 1x1", "L1+cGAN", "ImageGAN 34x34")  # ours: receptive fi
 # Zhu et al. 2017 (CycleGAN) Tables 2 and 4: not verified (only secondary sources, which disagree, were found).
 
 
+EDGES_ROWS = {**CYCLEGAN_ROWS, "pix2pix (paired: upper bound)": ["model.loss=l1+cgan"]}
+PAIRS = {"cyclegan": "unpaired:sneaker,ankle-boot", "cyclegan-edges": "unpaired:edges,garments"}
+PARTS = {"pix2pix": PIX2PIX_ROWS, "cyclegan": CYCLEGAN_ROWS, "cyclegan-edges": EDGES_ROWS}
+
+
 def train_row(part: str, row: str, overrides: list[str], work: Path, minutes: float, seed: int) -> dict:
-    """Train one row (skipped when its run is already done); returns run.json."""
-    out = work / f"{part}-{row.replace(' ', '_').replace('+', 'p').replace('/', '_')}"
+    """Train one row for one seed (skipped when its run is already done); returns run.json."""
+    out = work / f"{part}-{row.replace(' ', '_').replace('+', 'p').replace('/', '_').replace(':', '')}-s{seed}"
     info = out / "run.json"
     if not (info.exists() and json.loads(info.read_text()).get("status") == "done"):
-        preset = "pix2pix-edges2fmnist" if part == "pix2pix" else "cyclegan-sneaker-boot"
-        small = PIX2PIX_SMALL if part == "pix2pix" else CYCLEGAN_SMALL
-        cmd = [sys.executable, "-m", "genlab", "train", "pix2pix" if part == "pix2pix" else "cyclegan",
+        family = "pix2pix" if part == "pix2pix" or row.startswith("pix2pix") else "cyclegan"
+        preset = "pix2pix-edges2fmnist" if family == "pix2pix" else "cyclegan-sneaker-boot"
+        small = PIX2PIX_SMALL if family == "pix2pix" else CYCLEGAN_SMALL
+        data = ["--data", PAIRS[part]] if family == "cyclegan" else []
+        cmd = [sys.executable, "-m", "genlab", "train", family, *data,
                "--config", preset, *small, *overrides, "train.steps=1000000", f"train.max_minutes={minutes}",
                "train.sample_every=0", "train.ckpt_every=1000000", "train.trackers=none", f"train.seed={seed}",
                "--threads", "1", "--out", str(out)]
@@ -133,11 +146,36 @@ def eval_cyclegan(run_dir: Path, net) -> tuple[dict, torch.Tensor]:
     return res, torch.cat(shown)
 
 
+@torch.no_grad()
+def eval_edges(run_dir: Path, net, n: int) -> tuple[dict, torch.Tensor]:
+    """edges -> garments on the first n test pairs of unpaired:edges,garments (a CycleGAN or the pix2pix bound):
+    accuracy for the garment's class, FID, L1 and PSNR to the true garment; CycleGAN rows also both cycle L1s."""
+    import genlab
+    from genlab.data import load_dataset, to_uint8
+
+    run = genlab.load(run_dir)
+    test = load_dataset("unpaired:edges,garments", "test")
+    N = len(test) // 2
+    edges, garments, y = test.x[:n], test.x[N : N + n], test.y[:n]  # row i pairs with row N + i
+    as_float = lambda x8: x8.float() / 127.5 - 1  # noqa: E731
+    if run.family_name == "pix2pix":
+        out = run.family.translate(run.model, as_float(edges))[:, 0]
+        res = {}
+    else:
+        out = run.family.translate(run.model, as_float(edges), to="garments")[:, 0]
+        rec_a = run.family.translate(run.model, out, to="edges")[:, 0]
+        back = run.family.translate(run.model, as_float(garments), to="edges")[:, 0]
+        rec_b = run.family.translate(run.model, back, to="garments")[:, 0]
+        res = {"cycle_l1_a2b": l1_psnr(to_uint8(rec_a), edges)["l1"], "cycle_l1_b2a": l1_psnr(to_uint8(rec_b), garments)["l1"]}
+    out8 = to_uint8(out)
+    return {**scores(net, out8, garments, y), **l1_psnr(out8, garments), **res}, out8[:8]
+
+
 def real_rows(part: str, net, n: int) -> dict:
     """The data's own row: real targets scored like outputs (FID against as many training-split targets)."""
     from genlab.data import load_dataset, to_uint8
 
-    if part == "pix2pix":
+    if part in ("pix2pix", "cyclegan-edges"):  # the same garments: test targets against training ones
         test, train = load_dataset("edges2fmnist", "test"), load_dataset("edges2fmnist", "train")
         real8, other8 = to_uint8(test.batch(torch.arange(n))["x"]), to_uint8(train.batch(torch.arange(n))["x"])
         return {**scores(net, real8, other8, test.y[:n]), "l1": 0.0, "psnr": float("inf")}
@@ -160,17 +198,35 @@ def picture(columns: list[torch.Tensor], path: Path) -> None:
 
 
 def fmt(v, digits=3):
-    return "—" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) and v != float("inf") else str(v))
+    if v is None:
+        return "—"
+    if isinstance(v, float) and v != float("inf"):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def aggregate(per_seed: dict[str, dict]) -> dict:
+    """{seed: metrics} -> metrics averaged over seeds, with each number's min and max under 'spread'."""
+    seeds = list(per_seed.values())
+    out = {k: v for k, v in seeds[0].items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+    out["spread"] = {}
+    for k, v in seeds[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals = [float(s[k]) for s in seeds]
+            out[k] = sum(vals) / len(vals)
+            out["spread"][k] = (min(vals), max(vals))
+    out["n_seeds"] = len(seeds)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", default="all", choices=["pix2pix", "cyclegan", "all"])
+    ap.add_argument("--part", default="all", choices=[*PARTS, "all"])
     ap.add_argument("--minutes", type=float, default=0.5, help="training wall-clock minutes per row")
     ap.add_argument("--cyclegan-minutes", type=float, default=None, help="per CycleGAN row (default --minutes)")
-    ap.add_argument("--n", type=int, default=1000, help="pix2pix test pairs to score")
+    ap.add_argument("--n", type=int, default=1000, help="test pairs to score (pix2pix, edges <-> garments)")
     ap.add_argument("--rows", default="", help="comma list of rows to run (default all of the part)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma list of training seeds; every row runs once per seed")
     ap.add_argument("--work", default=str(ROOT / "bench" / "work" / "translation"))
     ap.add_argument("--markdown-only", action="store_true", help="rewrite translation.md from translation.json")
     args = ap.parse_args()
@@ -188,35 +244,44 @@ def main() -> None:
     results_path = res_dir / "translation.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
+    seeds = [int(v) for v in args.seeds.split(",")]
     t_all = time.time()
-    for part in (["pix2pix", "cyclegan"] if args.part == "all" else [args.part]):
-        rows = PIX2PIX_ROWS if part == "pix2pix" else CYCLEGAN_ROWS
+    for part in (list(PARTS) if args.part == "all" else [args.part]):
+        rows = PARTS[part]
         minutes = args.minutes if part == "pix2pix" else (args.cyclegan_minutes or args.minutes)
-        out_rows, pics = dict(results.get(part, {}).get("rows", {})), {}
-        for row, overrides in rows.items():
-            if wanted and row not in wanted:
-                continue
-            t0 = time.time()
-            info = train_row(part, row, overrides, work, minutes, args.seed)
-            if part == "pix2pix":
-                metrics, shown = eval_pix2pix(info["dir"], net, args.n)
-                pics[row] = shown[:8]
-            else:
-                metrics, shown = eval_cyclegan(info["dir"], net)
-                pics[row] = shown
-            out_rows[row] = {**metrics, "steps": info["step"], "train_s": round(info.get("train_s", 0.0), 1),
-                             "images_per_s": round(info.get("images_per_s", 0.0), 1),
-                             "overrides": overrides, "wall_s": round(time.time() - t0, 1)}
-            print(part, row, {k: round(v, 4) if isinstance(v, float) else v for k, v in out_rows[row].items()}, flush=True)
-        out_rows["ground truth" if part == "pix2pix" else "real target images"] = real_rows(part, net, args.n)
-        results[part] = {"minutes_per_row": minutes, "n": args.n if part == "pix2pix" else 2000, "seed": args.seed,
-                         "small": PIX2PIX_SMALL if part == "pix2pix" else CYCLEGAN_SMALL, "rows": out_rows}
-        if pics:  # a comparison picture: inputs | each row's outputs (| targets)
+        runs = {row: {} for row in rows if not wanted or row in wanted}
+        pics = {}
+        for seed in seeds:
+            for row in runs:
+                t0 = time.time()
+                info = train_row(part, row, rows[row], work, minutes, seed)
+                if part == "pix2pix":
+                    metrics, shown = eval_pix2pix(info["dir"], net, args.n)
+                    shown = shown[:8]
+                elif part == "cyclegan-edges":
+                    metrics, shown = eval_edges(info["dir"], net, args.n)
+                else:
+                    metrics, shown = eval_cyclegan(info["dir"], net)
+                if seed == seeds[0]:
+                    pics[row] = shown
+                runs[row][str(seed)] = {**metrics, "steps": info["step"], "train_s": round(info.get("train_s", 0.0), 1),
+                                        "wall_s": round(time.time() - t0, 1)}
+                print(part, row, seed, {k: round(v, 4) if isinstance(v, float) else v
+                                        for k, v in runs[row][str(seed)].items()}, flush=True)
+        out_rows = {row: {**aggregate(per_seed), "overrides": rows[row]} for row, per_seed in runs.items()}
+        out_rows["ground truth" if part != "cyclegan" else "real target images"] = real_rows(part, net, args.n)
+        results[part] = {"minutes_per_row": minutes, "n": 2000 if part == "cyclegan" else args.n, "seeds": seeds,
+                         "small": PIX2PIX_SMALL if part == "pix2pix" else CYCLEGAN_SMALL, "rows": out_rows,
+                         "runs": runs}
+        if pics:  # a comparison picture: inputs | each row's outputs (| targets), first seed
             from genlab.data import load_dataset, to_uint8
 
             if part == "pix2pix":
                 b = load_dataset("edges2fmnist", "test").batch(torch.arange(8))
                 cols = [to_uint8(b["x_src"])] + [pics[r] for r in rows if r in pics] + [to_uint8(b["x"])]
+            elif part == "cyclegan-edges":
+                t = load_dataset("unpaired:edges,garments", "test")
+                cols = [t.x[:8]] + [pics[r] for r in rows if r in pics] + [t.x[len(t) // 2 : len(t) // 2 + 8]]
             else:
                 t = load_dataset("unpaired:sneaker,ankle-boot", "test")
                 dom = t.extra["domain"]
@@ -225,11 +290,21 @@ def main() -> None:
                 cols = [src] + [pics[r] for r in rows if r in pics]
             picture(cols, ROOT / "docs" / "img" / f"translation-{part}.png")
     results["total_wall_s"] = round(time.time() - t_all, 1)
-    results["machine"] = "2-core CPU dev machine, no GPU; one thread per run, under the CPU lock"
+    results["machine"] = "2-core CPU dev machine, no GPU; one thread per run"
+    results["command"] = "env OMP_NUM_THREADS=1 .venv/bin/python bench/translation.py " + " ".join(sys.argv[1:])
     res_dir.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=1, default=str))
     (res_dir / "translation.md").write_text(markdown(results))
     print(markdown(results))
+
+
+def ms(v: dict, key: str, digits: int = 3) -> str:
+    """A row's mean, with the min-max over seeds when there were several."""
+    spread = v.get("spread", {}).get(key)
+    text = fmt(v.get(key), digits)
+    if spread and v.get("n_seeds", 1) > 1:
+        text += f" ({spread[0]:.{digits}f}-{spread[1]:.{digits}f})"
+    return text
 
 
 def markdown(results: dict) -> str:
@@ -237,8 +312,9 @@ def markdown(results: dict) -> str:
     if "pix2pix" in results:
         r = results["pix2pix"]
         rows = r["rows"]
-        head = (f"{r['minutes_per_row']} CPU-min of training per row, seed {r['seed']}, n = {r['n']} test pairs; "
-                "fmnist-net accuracy of the outputs for the input's class")
+        seeds = r.get("seeds", [r.get("seed", 0)])
+        head = (f"{r['minutes_per_row']} CPU-min of training per row, seeds {', '.join(map(str, seeds))} (mean, min-max), "
+                f"n = {r['n']} test pairs; fmnist-net accuracy of the outputs for the input's class")
         lines += [f"### pix2pix loss ablation on edges2fmnist ({head})", "",
                   "| row | steps | fmnist-net acc | FID to targets | L1 | PSNR dB | Isola et al. Table 1 (per-pixel / per-class / IoU) |",
                   "|---|---|---|---|---|---|---|"]
@@ -246,8 +322,8 @@ def markdown(results: dict) -> str:
             if row not in rows:
                 continue
             v, pub = rows[row], PUBLISHED_PIX2PIX.get(row)
-            lines.append(f"| {row} | {v.get('steps', '—')} | {fmt(v['acc'])} | {fmt(v['fid'], 2)} | {fmt(v['l1'])} | "
-                         f"{fmt(v['psnr'], 2)} | {' / '.join(map(str, pub)) if pub else '—'} |")
+            lines.append(f"| {row} | {fmt(v.get('steps'), 0)} | {ms(v, 'acc')} | {ms(v, 'fid', 2)} | {ms(v, 'l1')} | "
+                         f"{ms(v, 'psnr', 2)} | {' / '.join(map(str, pub)) if pub else '—'} |")
         lines += ["", "### PatchGAN receptive field (L1+cGAN; ours on 32x32 images, the paper's on 256x256)", "",
                   "| row | field | steps | fmnist-net acc | FID to targets | L1 | PSNR dB | Isola et al. Table 2 (field: per-pixel / per-class / IoU) |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -255,22 +331,36 @@ def markdown(results: dict) -> str:
         for row in PATCH_ROWS:
             if row in rows:
                 v, pub = rows[row], PUBLISHED_PATCH[row]
-                lines.append(f"| {row} | {fields[row]} | {v.get('steps', '—')} | {fmt(v['acc'])} | {fmt(v['fid'], 2)} | "
-                             f"{fmt(v['l1'])} | {fmt(v['psnr'], 2)} | {pub[0]}: {' / '.join(map(str, pub[1:]))} |")
+                lines.append(f"| {row} | {fields[row]} | {fmt(v.get('steps'), 0)} | {ms(v, 'acc')} | {ms(v, 'fid', 2)} | "
+                             f"{ms(v, 'l1')} | {ms(v, 'psnr', 2)} | {pub[0]}: {' / '.join(map(str, pub[1:]))} |")
         lines.append("")
     if "cyclegan" in results:
         r = results["cyclegan"]
+        seeds = r.get("seeds", [r.get("seed", 0)])
         lines += [f"### CycleGAN loss ablation on unpaired:sneaker,ankle-boot ({r['minutes_per_row']} CPU-min of training "
-                  f"per row, seed {r['seed']}, all 1,000 test images per direction)", "",
+                  f"per row, seeds {', '.join(map(str, seeds))} (mean, min-max), all 1,000 test images per direction)", "",
                   "| row | steps | acc sneaker->boot | acc boot->sneaker | FID ->boot | FID ->sneaker | cycle L1 sneaker | "
                   "cycle L1 boot |", "|---|---|---|---|---|---|---|---|"]
         for row, v in r["rows"].items():
-            lines.append(f"| {row} | {v.get('steps', '—')} | {fmt(v['acc_a2b'])} | {fmt(v['acc_b2a'])} | "
-                         f"{fmt(v['fid_a2b'], 2)} | {fmt(v['fid_b2a'], 2)} | {fmt(v['cycle_l1_a2b'])} | "
-                         f"{fmt(v['cycle_l1_b2a'])} |")
+            lines.append(f"| {row} | {fmt(v.get('steps'), 0)} | {ms(v, 'acc_a2b')} | {ms(v, 'acc_b2a')} | "
+                         f"{ms(v, 'fid_a2b', 2)} | {ms(v, 'fid_b2a', 2)} | {ms(v, 'cycle_l1_a2b')} | "
+                         f"{ms(v, 'cycle_l1_b2a')} |")
+        lines.append("")
+    if "cyclegan-edges" in results:
+        r = results["cyclegan-edges"]
+        lines += [f"### CycleGAN on unpaired:edges,garments against pix2pix on the paired data ({r['minutes_per_row']} "
+                  f"CPU-min of training per row, seeds {', '.join(map(str, r['seeds']))} (mean, min-max), edges -> garment "
+                  f"on n = {r['n']} test pairs)", "",
+                  "| row | steps | fmnist-net acc | FID to targets | L1 | PSNR dB | cycle L1 edges | cycle L1 garments |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row, v in r["rows"].items():
+            lines.append(f"| {row} | {fmt(v.get('steps'), 0)} | {ms(v, 'acc')} | {ms(v, 'fid', 2)} | {ms(v, 'l1')} | "
+                         f"{ms(v, 'psnr', 2)} | {ms(v, 'cycle_l1_a2b') if 'cycle_l1_a2b' in v else '—'} | "
+                         f"{ms(v, 'cycle_l1_b2a') if 'cycle_l1_b2a' in v else '—'} |")
         lines.append("")
     if "total_wall_s" in results:
-        lines.append(f"Machine: {results.get('machine')}; total wall time {results['total_wall_s']} s.")
+        lines.append(f"Machine: {results.get('machine')}; total wall time {results['total_wall_s']} s. "
+                     f"Command: `{results.get('command', '')}`")
     return "\n".join(lines) + "\n"
 
 

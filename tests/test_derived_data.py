@@ -301,3 +301,23 @@ def test_data_show_errors(tmp_path, capsys):
     assert run_cli("data", "show", "scenes", "--out", tmp_path / "a.jpg") == 2
     assert run_cli("data", "show", "fmnist-colour", "--out", tmp_path / "a.png") == 2
     assert "unknown dataset 'fmnist-colour'" in capsys.readouterr().err
+
+
+def test_unpaired_edges_garments_hides_pairs_in_train_and_keeps_them_in_test():
+    e = load_dataset("edges2fmnist", "test")
+    t = load_dataset("unpaired:edges,garments", "test")
+    n = len(e)
+    assert t.name == "unpaired:edges,garments" and len(t) == 2 * n
+    assert torch.equal(t.x[:n], e.extra["x_src"]) and torch.equal(t.x[n:], e.x)  # row i pairs with row n + i
+    assert torch.equal(t.extra["domain"], torch.arange(2 * n) // n)
+    tr = load_dataset("unpaired:Edges,Garments", "train")
+    half = len(tr) // 2
+    assert torch.equal(tr.extra["domain"], torch.arange(2 * half) // half)
+    full = load_dataset("edges2fmnist", "train")
+    # no training garment gives both its edge map (domain A) and itself (domain B)
+    from genlab.data.derived import edge_map
+
+    a_edges = {bytes(v) for v in tr.x[:200].numpy().reshape(200, -1)}
+    b_edges = {bytes(v) for v in edge_map(tr.x[half:].numpy()[:, 0])[:, None].reshape(len(tr) - half, -1)}
+    assert a_edges and not a_edges & b_edges
+    assert len(full) == len(tr)

@@ -307,3 +307,55 @@ def test_translate_bad_input_is_a_usage_error(tiny_runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "Traceback" not in err
         assert re.search(msg, err), (msg, err)
+
+
+# ----------------------------------------------------------------------------- genlab eval on translation runs
+
+
+def test_crop_protocol_reads_the_padded_garment_as_fmnist_net_reads_the_original():
+    import numpy as np
+
+    from genlab.data import load_dataset
+    from genlab.metrics.protocols import extract_features, get_protocol, protocol_for_dataset
+
+    x = load_dataset("fashion-mnist", "test").x[:16]
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    p = get_protocol(protocol_for_dataset("unpaired:ankle-boot,sneaker"))
+    assert (p.name, p.crop, p.extractor) == ("unpaired:ankle-boot,sneaker", 28, "fmnist-net")
+    got, want = extract_features(padded, p.extractor, crop=p.crop), extract_features(x, "fmnist-net")
+    np.testing.assert_array_equal(got["features"], want["features"])
+    shifted = extract_features(torch.nn.functional.pad(x, (0, 4, 0, 4)), p.extractor, crop=p.crop)
+    assert not np.array_equal(shifted["features"], want["features"])  # the crop is the centre, not a corner
+    with pytest.raises(ValueError, match="cannot be centre-cropped"):
+        extract_features(x[:, :, :20, :20], p.extractor, crop=28)
+
+
+def test_eval_scores_translation_runs_under_their_datasets_protocols(tiny_runs, capsys):
+    from genlab.metrics.protocols import get_protocol, protocol_for_dataset
+
+    p = get_protocol(protocol_for_dataset("edges2fmnist"))  # pix2pix: outputs against the real targets
+    assert (p.dataset, p.extractor, p.crop) == ("edges2fmnist", "fmnist-net", 28)
+    assert get_protocol(protocol_for_dataset("edges2fmnist-color")).extractor == "fmnist-color-net"
+    # end to end on the CycleGAN run (its reference splits are small: 2,000 test and 12,000 training images)
+    assert run_cli("eval", tiny_runs / "c", "--n", "40", "--metrics", "fid,acc") == 0
+    out = capsys.readouterr().out
+    assert "protocol unpaired:sneaker,ankle-boot:" in out and "fmnist-net" in out, out
+    assert (tiny_runs / "c" / "eval.jsonl").exists()
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_resnet_generator_sees_constant_extra_planes_through_its_norm(norm):
+    """A one-hot target broadcast over H x W is constant per plane: instance norm after the stem would remove it
+    (the network would ignore the condition) without the injection after the norm."""
+    torch.manual_seed(0)
+    g = ResnetGenerator(1, 1, base=8, n_blocks=1, extra_channels=3, norm=norm)
+    x = torch.randn(2, 1, 16, 16)
+    a, b = g(x, torch.eye(3)[[0, 0]]), g(x, torch.eye(3)[[1, 1]])
+    assert (a - b).abs().max() > 1e-3
+    if norm == "instance":  # the failure the injection fixes: planes concatenated before the stem's norm vanish
+        from torch import nn
+
+        conv = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(4, 8, 7), nn.InstanceNorm2d(8))
+        one_hot = lambda k: torch.eye(3)[k].view(1, 3, 1, 1).expand(2, 3, 16, 16)  # noqa: E731
+        torch.testing.assert_close(conv(torch.cat([x, one_hot(0)], 1)), conv(torch.cat([x, one_hot(1)], 1)),
+                                   atol=1e-5, rtol=0)

@@ -4,7 +4,8 @@
 - `edges2fmnist`: pairs of a garment `x` (grey 32x32) and its edge map `x_src` (pix2pix-style).
 - `edges2fmnist-color`: the grey edge map `x_src` of a garment, and the garment in 4 different colours: each
   edge map appears 4 times, a one-to-many mapping (BicycleGAN-style).
-- `unpaired:A,B`: two Fashion-MNIST classes as unpaired domains (`domain` 0 / 1; CycleGAN-style).
+- `unpaired:A,B`: two Fashion-MNIST classes as unpaired domains (`domain` 0 / 1; CycleGAN-style);
+  `unpaired:edges,garments`: edge maps <-> garments, unpaired in train, paired in test (pix2pix as upper bound).
 - `scenes` (genlab/data/scenes.py): canvases of coloured garments with boxes, masks, label maps and captions.
 
 Every builder is a deterministic function of the source IDX files, its parameters and a seed. Garments are
@@ -305,14 +306,20 @@ def parse_unpaired(arg: str) -> tuple[int, int]:
     return a, b
 
 
+EDGES_GARMENTS = "edges,garments"  # unpaired:edges,garments: edge maps (A) <-> garments (B), a pairable pair
+
+
 def unpaired(arg: str = "", split: str = "train", *, data_dir: str = "", name: str = ""):
     """`unpaired:A,B`: grey garments uint8 (N, 1, 32, 32) of classes A (domain 0) then B (domain 1), no pairing.
 
     The larger class is truncated so both domains have the same size (6,000 each in train, 1,000 in test for
     Fashion-MNIST's balanced classes); `y` keeps the original class. A selection, not a build: not cached.
+    `unpaired:edges,garments` is `unpaired_edges` (edge maps <-> garments).
     """
     from genlab.data import Dataset
 
+    if class_key(arg) == EDGES_GARMENTS:
+        return unpaired_edges(split, data_dir=data_dir)
     a, b = parse_unpaired(arg)
     grey, y = _source(split, data_dir, None)
     ia, ib = np.flatnonzero(y == a), np.flatnonzero(y == b)
@@ -322,3 +329,28 @@ def unpaired(arg: str = "", split: str = "train", *, data_dir: str = "", name: s
     name = name or f"unpaired:{class_key(FMNIST_CLASSES[a])},{class_key(FMNIST_CLASSES[b])}"
     return Dataset(name, torch.from_numpy(pad32(grey[idx])[:, None]), torch.from_numpy(y[idx]),
                    list(FMNIST_CLASSES), {"domain": torch.from_numpy(domain)})
+
+
+def unpaired_edges(split: str = "train", *, data_dir: str = ""):
+    """`unpaired:edges,garments`: edge maps (domain 0) and garments (domain 1) of `edges2fmnist`, unpaired for
+    training, paired for scoring: the CycleGAN setting of Zhu et al. 2017, Sec. 5.1.1 (labels <-> photos with
+    the pairs hidden, so that pix2pix on the paired data is an upper bound).
+
+    train: a fixed half of the training garments gives its edge maps, the other half its garments (30,000
+    each), so no garment appears in both domains and no pair can be found. test: every test garment's edge
+    map (rows 0..N-1), then the garments themselves (rows N..2N-1): row i and row N + i are a pair. `y` is the
+    garment's class in both domains.
+    """
+    from genlab.data import Dataset
+
+    d = edges2fmnist(split, data_dir=data_dir)
+    n = len(d)
+    if split == "train":
+        perm = torch.from_numpy(_rng("unpaired:edges,garments", split, 0).permutation(n))
+        ia, ib = perm[: n // 2].sort().values, perm[n // 2 : 2 * (n // 2)].sort().values
+    else:
+        ia = ib = torch.arange(n)
+    x = torch.cat([d.extra["x_src"][ia], d.x[ib]])
+    domain = torch.cat([torch.zeros(len(ia), dtype=torch.int64), torch.ones(len(ib), dtype=torch.int64)])
+    return Dataset(f"unpaired:{EDGES_GARMENTS}", x, torch.cat([d.y[ia], d.y[ib]]), list(FMNIST_CLASSES),
+                   {"domain": domain})

@@ -41,6 +41,7 @@ class Protocol:
     is_splits: int = 10
     floor_split: str = "train"
     objects: str = ""  # cell classifier of the object-level check ('objects' metric; scenes only)
+    crop: int = 0  # centre-crop both sides to crop x crop first (0: none): 32x32 padded garments -> the 28x28 one
 
 
 PROTOCOLS = {
@@ -51,13 +52,34 @@ PROTOCOLS = {
     # 64x64 scenes; Fréchet distance and CLIP score in the domain CLIP's space (scenes-clip), object accuracy
     # from the cell classifier (scenes-cell-net). n = the whole test split.
     "scenes": Protocol("scenes", "scenes", "test", 2000, "scenes-clip", kid_subset_size=1000, objects="scenes-cell-net"),
+    # translation targets: 32x32 garments (28x28 padded by 2 black pixels), read by fmnist-net on the centre 28x28;
+    # a paired dataset's reference is its targets x, so FID compares outputs with real targets of the test split
+    "edges2fmnist": Protocol("edges2fmnist", "edges2fmnist", "test", 10000, "fmnist-net", crop=28),
+    "edges2fmnist-color": Protocol("edges2fmnist-color", "edges2fmnist-color", "test", 10000, "fmnist-color-net"),
 }
 
 DATASET_PROTOCOLS = {"fashion-mnist": "fmnist", "digits": "digits", "mnist": "mnist", "fmnist-color": "fmnist-color",
-                     "scenes": "scenes"}  # fmt: skip
+                     "scenes": "scenes", "edges2fmnist": "edges2fmnist",
+                     "edges2fmnist-color": "edges2fmnist-color"}  # fmt: skip
+
+
+def unpaired_protocol(name: str) -> Protocol:
+    """The protocol of an `unpaired:A,B` dataset (CycleGAN's two garment classes): its own test split (both
+    domains, 1,000 images each) through fmnist-net on the centre 28x28. Outputs translated to the other domain are
+    compared with the real images of both domains, and `acc` checks each output shows its target class."""
+    from genlab.data.derived import EDGES_GARMENTS, FMNIST_CLASSES, class_key, parse_unpaired
+
+    arg = class_key(name.partition(":")[2])
+    if arg == EDGES_GARMENTS:  # 10,000 test edge maps and their 10,000 garments
+        return Protocol(f"unpaired:{arg}", f"unpaired:{arg}", "test", 10000, "fmnist-net", crop=28)
+    a, b = parse_unpaired(arg)
+    canonical = f"unpaired:{class_key(FMNIST_CLASSES[a])},{class_key(FMNIST_CLASSES[b])}"
+    return Protocol(canonical, canonical, "test", 2000, "fmnist-net", crop=28)
 
 
 def protocol_for_dataset(dataset: str) -> str:
+    if dataset.startswith("unpaired:"):
+        return unpaired_protocol(dataset).name
     if dataset not in DATASET_PROTOCOLS:
         raise ValueError(f"no evaluation protocol for dataset '{dataset}'; protocols exist for: "
                          f"{', '.join(DATASET_PROTOCOLS)} (set eval.protocol explicitly)")
@@ -73,6 +95,8 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 
 
 def get_protocol(name: str) -> Protocol:
+    if name.startswith("unpaired:"):
+        return unpaired_protocol(name)
     if name not in PROTOCOLS:
         raise unknown("protocol", name, PROTOCOLS)
     return PROTOCOLS[name]
@@ -131,13 +155,26 @@ def _as_uint8(images, value_range: str | None = None) -> torch.Tensor:
     return to_uint8(x)
 
 
-def extract_features(images, extractor: str, *, value_range: str | None = None, objects: str = "") -> dict[str, np.ndarray]:
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre size x size of (N, C, H, W) images; ValueError if they are smaller."""
+    H, W = x.shape[-2:]
+    if H < size or W < size:
+        raise ValueError(f"images of {H}x{W} cannot be centre-cropped to the protocol's {size}x{size}")
+    top, left = (H - size) // 2, (W - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def extract_features(images, extractor: str, *, value_range: str | None = None, objects: str = "",
+                     crop: int = 0) -> dict[str, np.ndarray]:
     """{'features': (N, D) float64, 'logits': (N, C) float64} of images (see `_as_uint8`) through a bundled evaluator;
     with `objects` (a cell classifier, e.g. scenes-cell-net) also its per-cell predictions 'cell_classes' and
-    'cell_colors' (N, 4) for the object-level check (genlab.metrics.scenes)."""
+    'cell_colors' (N, 4) for the object-level check (genlab.metrics.scenes); `crop` > 0 reads the centre
+    crop x crop of each image (a protocol's `crop`)."""
     from genlab.metrics.evaluators import extract, load_evaluator
 
     x = _as_uint8(images, value_range)
+    if crop:
+        x = centre_crop(x, crop)
     out = extract(load_evaluator(extractor), x)
     feats = {k: v.double().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, np.float64) for k, v in out.items()}
     if objects:
@@ -161,7 +198,9 @@ def reference_features(protocol: Protocol, split: str | None = None, *, data_dir
     key = f"{protocol.extractor}-{weights_hash(protocol.extractor)[:16]}"
     if protocol.objects:
         key += f"-{protocol.objects}-{weights_hash(protocol.objects)[:16]}"
-    path = cache_dir() / f"{protocol.dataset}-{split}-{key}.safetensors"
+    if protocol.crop:
+        key += f"-crop{protocol.crop}"
+    path = cache_dir() / f"{protocol.dataset.replace(':', '_').replace(',', '_')}-{split}-{key}.safetensors"
     if path.exists():
         try:
             return load_file(str(path))
@@ -170,7 +209,7 @@ def reference_features(protocol: Protocol, split: str | None = None, *, data_dir
     data = load_dataset(protocol.dataset, split, data_dir=data_dir)
     print(f"genlab: computing {protocol.extractor} features of {protocol.dataset}/{split} ({len(data):,} images; once, "
           f"then cached in {path.parent})", file=sys.stderr, flush=True)
-    feats = extract_features(data.x, protocol.extractor, objects=protocol.objects)
+    feats = extract_features(data.x, protocol.extractor, objects=protocol.objects, crop=protocol.crop)
     if protocol.objects:  # scenes: the layouts (for the floor's object accuracy) and each image's index (captions)
         for key in ("obj_classes", "obj_colors", "obj_cells"):
             feats[key] = data.extra[key].numpy().astype(np.int64)
@@ -363,13 +402,13 @@ def evaluate(images_or_features, reference=None, *, protocol: str | Protocol = "
         fake = images_or_features
     else:
         objects = p.objects if "objects" in metrics else ""
-        fake = extract_features(images_or_features, p.extractor, value_range=value_range, objects=objects)
+        fake = extract_features(images_or_features, p.extractor, value_range=value_range, objects=objects, crop=p.crop)
     if reference is None:
         real = _subset(reference_features(p), p.n, seed)
     elif isinstance(reference, dict):
         real = reference
     else:
-        real = extract_features(reference, p.extractor)
+        real = extract_features(reference, p.extractor, crop=p.crop)
     n, d = min(len(fake["features"]), len(real["features"])), fake["features"].shape[1]
     small, need = [m for m in metrics if m in SAMPLE_SIZE_METRICS], min_samples(p, d)
     if small and n < need:

@@ -16,8 +16,8 @@ CPU (the fmnist-color preset uses lsgan). Domains here are the eight colours of 
 key), or the two domains of `unpaired:A,B` (`model.domain_key=domain`, `model.num_domains=2`).
 
 Networks: G is the shared ResNet generator (`genlab.nn.translation.ResnetGenerator`, the CycleGAN/StarGAN
-design) with the target's one-hot planes as extra input channels, without normalisation (instance norm after
-the reflection-padded stem would erase constant label planes; see `Generator`). D is written here as in the
+design, instance norm as in the paper's Table 4) with the target's one-hot planes as extra input channels, also
+added after the stem's norm (which would otherwise erase constant label planes; see `ResnetGenerator`). D is written here as in the
 official code (github.com/yunjey/stargan, model.py): stride-2 4x4 convolutions with LeakyReLU 0.01 and no
 normalisation, a 3x3 D_src head and a D_cls head whose kernel covers the whole remaining map. The target
 domain of each training sample is drawn uniformly at random from its own noise stream (the official code
@@ -51,6 +51,7 @@ class Config:
     domain_names: list[str] = field(default_factory=lambda: list(COLOR_NAMES))  # names `--to` accepts (index = domain)
     g_channels: int = 32  # ResNet generator width (c, 2c, 4c at n_down=2); 16-64
     g_blocks: int = 3  # residual blocks at the bottleneck (6 in the paper at 128x128)
+    g_norm: Literal["instance", "none"] = "instance"  # G's norm (instance in the paper's Table 4)
     d_channels: int = 32  # D width of its first conv (doubles per layer); 16-64
     d_layers: int = 3  # stride-2 convs in D (32x32 -> 4x4 at 3)
     loss: Literal["wgan-gp", "lsgan", "nonsaturating"] = "wgan-gp"  # adversarial loss: the paper's | cheaper ones
@@ -105,12 +106,10 @@ class Generator(nn.Module):
     def __init__(self, cfg: Config, channels: int):
         super().__init__()
         self.k = cfg.num_domains
-        # norm="none": the one-hot planes are constant over H x W, so after the (reflection-padded) stem conv
-        # they are a per-channel constant, which an InstanceNorm right after it would remove: G would not see
-        # the target at all (tested). The official code keeps the label only through its zero-padded borders
-        # (its model.py: "this type of label conditioning does not work at all if we use reflection padding").
+        # with instance norm the one-hot planes also enter after the stem's norm (ResnetGenerator.inject): as
+        # plain input planes they are constant over H x W, which the norm would remove (tested)
         self.net = ResnetGenerator(channels, channels, base=cfg.g_channels, n_blocks=cfg.g_blocks,
-                                   extra_channels=cfg.num_domains, norm="none")
+                                   extra_channels=cfg.num_domains, norm=cfg.g_norm)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, c_back: torch.Tensor | None = None):
         fake = self.net(x, one_hot(c, self.k))

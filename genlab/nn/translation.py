@@ -152,15 +152,26 @@ class ResBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """ResNet generator of CycleGAN (Zhu et al. 2017, Appendix 7.2) and StarGAN (Choi et al. 2018, Table 4)."""
+    """ResNet generator of CycleGAN (Zhu et al. 2017, Appendix 7.2) and StarGAN (Choi et al. 2018, Table 4).
+
+    `extra` inputs (a target domain's one-hot, a latent code) are planes beside the image. Without a norm they are
+    concatenated to the image, as in the papers. With a norm they are added after the stem's norm through a 1x1
+    convolution (`inject`) instead: a plane that is constant over H x W gives a per-channel constant after the
+    reflection-padded stem convolution, which instance norm subtracts, so concatenated at the input G would never
+    see a constant condition (and the stem weights reading it would get a gradient that is zero but for rounding
+    noise, which Adam turns into real steps). StarGAN's official code keeps the label only through the zero
+    padding's border effect.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, base: int = 32, n_blocks: int = 4, extra_channels: int = 0,
                  n_down: int = 2, norm: Norm = "instance"):
         super().__init__()
         self.extra_channels, self.n_down = extra_channels, n_down
         b = norm == "none"  # a bias right before a norm is cancelled by it (and Adam would amplify its noise)
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels + extra_channels, base, 7, bias=b),
-                                   _norm(norm, base), nn.ReLU()]
+        self.inject = nn.Conv2d(extra_channels, base, 1, bias=False) if extra_channels and norm != "none" else None
+        stem_in = in_channels + (extra_channels if self.inject is None else 0)
+        self.stem = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(stem_in, base, 7, bias=b), _norm(norm, base))
+        layers: list[nn.Module] = [nn.ReLU()]
         c = base
         for _ in range(n_down):  # d2c: 3x3 stride-2 convolutions
             layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=b), _norm(norm, 2 * c), nn.ReLU()]
@@ -177,7 +188,10 @@ class ResnetGenerator(nn.Module):
         if x.shape[2] % m or x.shape[3] % m:
             raise ValueError(f"ResnetGenerator with n_down={self.n_down} needs H and W divisible by {m}, "
                              f"got {tuple(x.shape[2:])}")
-        return self.net(_with_extra(x, extra, self.extra_channels))
+        xe = _with_extra(x, extra, self.extra_channels)
+        if self.inject is None:
+            return self.net(self.stem(xe))
+        return self.net(self.stem(x) + self.inject(xe[:, x.shape[1] :]))
 
 
 # ----------------------------------------------------------------------------- discriminator
