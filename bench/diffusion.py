@@ -222,7 +222,7 @@ def part_peer(args, results: dict) -> None:
     unet = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, layers_per_block=m.num_res_blocks,
                        block_out_channels=tuple(m.base_channels * k for k in m.channel_mult),
                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), num_class_embeds=10, norm_num_groups=8)
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), num_class_embeds=10, norm_num_groups=4)
     sched = DDPMScheduler(num_train_timesteps=m.timesteps, beta_start=m.beta_start, beta_end=m.beta_end,
                           beta_schedule="linear", clip_sample=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=m.lr)

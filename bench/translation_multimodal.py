@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from translation import aggregate, fmt, ms  # bench/translation.py: mean and min-max over seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 BICYCLE_ROWS = ("pix2pix+noise", "cvae-gan", "clr-gan", "bicyclegan")
@@ -235,11 +236,11 @@ def run_stargan(work: Path, minutes: float, pair_minutes: float, pairs: list[tup
 def markdown(result: dict, args) -> str:
     b, s = result.get("bicycle"), result.get("stargan")
     lines = ["# Image-to-image translation, part B: BicycleGAN and StarGAN", "",
-             f"Command: `flock /tmp/genlab-cpu.lock env OMP_NUM_THREADS={args.threads} .venv/bin/python "
+             f"Command: `env OMP_NUM_THREADS={args.threads} .venv/bin/python "
              f"bench/translation_multimodal.py --minutes {args.minutes:g} --star-minutes {args.star_minutes:g} "
-             f"--pair-minutes {args.pair_minutes:g} --n {args.n} --inputs {args.inputs}` on the 2-core CPU dev "
-             f"machine (no GPU), {args.threads} threads, seed {args.seed}, one seed. Wall time "
-             f"{result['wall_s'] / 60:.1f} min in all.", ""]
+             f"--pair-minutes {args.pair_minutes:g} --n {args.n} --inputs {args.inputs} --seeds {args.seeds}` on the "
+             f"2-core CPU dev machine (no GPU), {args.threads} threads; every number is the mean over the seeds "
+             f"{args.seeds} with the min-max in brackets. Wall time {result['wall_s'] / 60:.1f} min in all.", ""]
     if b:
         lines += ["## BicycleGAN on edges2fmnist-color: realism vs diversity", "",
                   f"Each row {args.minutes:g} CPU-minutes of training. FID: protocol fmnist-color (fmnist-color-net "
@@ -250,27 +251,27 @@ def markdown(result: dict, args) -> str:
                   "| row | steps | FID | class acc | colour plausibility | LPIPS diversity | colours / 20 outputs |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in b:
-            acc = f"{r['class_acc']:.3f}" if "class_acc" in r else ""
-            lines.append(f"| {r['row']} | {r.get('steps', '')} | {r['fid']:.2f} | {acc} | "
-                         f"{r['color_plausibility']:.3f} | {r['lpips_diversity']:.4f} | {r['colors_per_input']:.2f} |")
+            acc = ms(r, "class_acc") if "class_acc" in r else ""
+            lines.append(f"| {r['row']} | {fmt(r.get('steps'), 0)} | {ms(r, 'fid', 2)} | {acc} | "
+                         f"{ms(r, 'color_plausibility')} | {ms(r, 'lpips_diversity', 4)} | {ms(r, 'colors_per_input', 2)} |")
         lines.append("")
     if s:
         st = s["stargan"]
         lines += ["## StarGAN on fmnist-color (domains = 8 colours)", "",
-                  f"StarGAN: {args.star_minutes:g} CPU-minutes, {st['steps']} steps; n = {st['n']} test images, each "
-                  f"to another colour: FID {st['fid']:.2f}, colour accuracy {st['color_acc']:.3f}, class kept "
-                  f"(fmnist-net) {st['class_kept']:.3f}, generator parameters {st['g_params']:,}.", "",
+                  f"StarGAN: {args.star_minutes:g} CPU-minutes, {fmt(st['steps'], 0)} steps; n = {fmt(st['n'], 0)} test "
+                  f"images, each to another colour: FID {ms(st, 'fid', 2)}, colour accuracy {ms(st, 'color_acc')}, "
+                  f"class kept (fmnist-net) {ms(st, 'class_kept')}, generator parameters {int(st['g_params']):,}.", "",
                   f"Against one CycleGAN per colour pair ({args.pair_minutes:g} CPU-minutes each, same generator "
                   "width), both directions, on the same test images:", "",
                   "| pair | n | CycleGAN colour acc | StarGAN colour acc | CycleGAN class kept | StarGAN class kept |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for r in s["pairs"]:
-            lines.append(f"| {r['pair']} | {r['n']} | {r['cyclegan_color_acc']:.3f} | {r['stargan_color_acc']:.3f} | "
-                         f"{r['cyclegan_class_kept']:.3f} | {r['stargan_class_kept']:.3f} |")
+            lines.append(f"| {r['pair']} | {fmt(r['n'], 0)} | {ms(r, 'cyclegan_color_acc')} | {ms(r, 'stargan_color_acc')} | "
+                         f"{ms(r, 'cyclegan_class_kept')} | {ms(r, 'stargan_class_kept')} |")
         k = s["domains"]
         lines += ["", f"Parameters for all {k * (k - 1)} directions among {k} colours: StarGAN one G of "
-                  f"{st['g_params']:,}; CycleGAN {s['cyclegan_models_for_all_pairs']} models x "
-                  f"{s['pairs'][0]['cyclegan_g_params'] if s['pairs'] else 0:,} (G + F) = "
+                  f"{int(st['g_params']):,}; CycleGAN {s['cyclegan_models_for_all_pairs']} models x "
+                  f"{int(s['pairs'][0]['cyclegan_g_params']) if s['pairs'] else 0:,} (G + F) = "
                   f"{s['cyclegan_g_params_all_pairs']:,}.", ""]
     return "\n".join(lines)
 
@@ -286,7 +287,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="outputs scored for FID and accuracies")
     ap.add_argument("--inputs", type=int, default=100, help="inputs for the diversity measure (20 outputs each)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma list of training seeds; tables give the mean and min-max")
     ap.add_argument("--deadline", default="", help="HH:MM (UTC): scale every training time down (same proportions) "
                     "so the whole run ends by then; the factor is recorded")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
@@ -308,31 +309,41 @@ def main() -> None:
     out, work = Path(args.out_dir), Path(args.work_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    seeds = [int(v) for v in args.seeds.split(",")]
     result: dict = {"args": vars(args)}
     if args.part in ("bicyclegan", "all"):
         from genlab.metrics.evaluators import load_evaluator
         from genlab.metrics.lpips import DomainLPIPS
 
         lpips = DomainLPIPS(load_evaluator("fmnist-color-net"))
-        rows = []
-        for row in args.rows.split(","):
-            run_dir = work / row.replace("+", "-")
-            info = train("bicyclegan", "bicyclegan-edges2fmnist-color", run_dir, args.minutes, args.seed,
-                         args.threads, f"model.variant={row}")
-            pic = ROOT / "docs" / "img" / f"bicyclegan-{row.replace('+', '-')}.png"
-            r = {"row": row, "steps": info["step"], "train_s": info.get("train_s"),
-                 **eval_bicycle(run_dir, args.n, args.inputs, args.seed, lpips, pic)}
-            print(f"[bicycle] {r}", flush=True)
-            rows.append(r)
-        real = {"row": "real colourings (data)", **eval_real(args.n, args.inputs, args.seed, lpips)}
+        runs: dict[str, dict] = {row: {} for row in args.rows.split(",")}
+        for seed in seeds:
+            for row in runs:
+                run_dir = work / f"{row.replace('+', '-')}-s{seed}"
+                info = train("bicyclegan", "bicyclegan-edges2fmnist-color", run_dir, args.minutes, seed,
+                             args.threads, f"model.variant={row}")
+                pic = ROOT / "docs" / "img" / f"bicyclegan-{row.replace('+', '-')}.png" if seed == seeds[0] else None
+                runs[row][str(seed)] = {"steps": info["step"], "train_s": info.get("train_s"),
+                                        **eval_bicycle(run_dir, args.n, args.inputs, seed, lpips, pic)}
+                print(f"[bicycle] {row} seed {seed} {runs[row][str(seed)]}", flush=True)
+        real = {"row": "real colourings (data)", **eval_real(args.n, args.inputs, seeds[0], lpips)}
         print(f"[bicycle] {real}", flush=True)
-        result["bicycle"] = rows + [real]
+        result["bicycle"] = [{"row": row, **aggregate(per_seed)} for row, per_seed in runs.items()] + [real]
+        result["bicycle_runs"] = runs
     if args.part in ("stargan", "all"):
         names = {c: i for i, c in enumerate(COLORS)}
         pairs = [tuple(names[c] for c in p.split(":")) for p in args.pairs.split(",") if p]
-        result["stargan"] = run_stargan(work, args.star_minutes, args.pair_minutes, pairs, args.n, args.seed,
-                                        args.threads, ROOT / "docs" / "img" / "stargan-fmnist-color.png")
-        print(f"[stargan] {result['stargan']}", flush=True)
+        star_runs = {}
+        for seed in seeds:
+            pic = ROOT / "docs" / "img" / "stargan-fmnist-color.png" if seed == seeds[0] else None
+            star_runs[str(seed)] = run_stargan(work / f"s{seed}", args.star_minutes, args.pair_minutes, pairs, args.n,
+                                               seed, args.threads, pic)
+            print(f"[stargan] seed {seed} {star_runs[str(seed)]}", flush=True)
+        first = star_runs[str(seeds[0])]
+        result["stargan"] = {**first, "stargan": aggregate({k: v["stargan"] for k, v in star_runs.items()}),
+                             "pairs": [{"pair": r["pair"], **aggregate({k: v["pairs"][i] for k, v in star_runs.items()})}
+                                       for i, r in enumerate(first["pairs"])]}
+        result["stargan_runs"] = star_runs
     result["wall_s"] = time.perf_counter() - t0
     name = "translation_multimodal" if args.part == "all" else f"translation_multimodal_{args.part}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
