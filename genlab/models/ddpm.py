@@ -26,6 +26,7 @@ from genlab.samplers import (
     karras_sigmas,
     make_alpha_bar,
     q_sample,
+    sample_in_chunks,
     v_target,
     vp_sigmas,
 )
@@ -228,7 +229,6 @@ def sample(
         y = class_labels(cond, n, cfg.class_cond, model.num_classes)
         if guidance != 1 and y is None:
             raise ValueError("guided sampling needs class labels: pass --class (or cond={'y': labels})")
-    rng = SampleRNG.from_generator(n, generator, device)
     grid = sigmas or cfg.sigmas
     if grid not in ("uniform", "karras"):
         raise ValueError(f"unknown sigmas '{grid}'; expected one of: uniform, karras")
@@ -238,17 +238,14 @@ def sample(
     sigmas = (discrete_sigmas(alpha_bar(cfg), steps) if grid == "uniform"
               else karras_sigmas(table[0].item(), table[-1].item(), steps))
     is_image = len(model.data_shape) == 3
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, n, batch_size):
-        r = rng.split(start, min(n, start + batch_size))
-        x = r.randn(*model.data_shape) * (1 + sigmas[0] ** 2).sqrt().item()  # x_T / sqrt(alpha_bar_T)
-        c = {"y": y[start : start + len(r)].to(device)} if y is not None else None
-        x = SAMPLER_FNS[sampler](D, x, sigmas, cond=c, rng=r, callback=callback, **opts)
-        out.append(x.clamp(-1, 1) if is_image else x)
-    model.train(was_training)
-    return torch.cat(out)
+
+    def run(x, c, r):
+        x = SAMPLER_FNS[sampler](D, x, sigmas, cond={"y": c["y"].to(device)} if c else None, rng=r, callback=callback,
+                                 **opts)
+        return x.clamp(-1, 1) if is_image else x
+
+    return sample_in_chunks(model, n, model.data_shape, sigmas[0], {"y": y} if y is not None else {}, run,
+                            generator=generator, device=device, batch_size=batch_size)
 
 
 def report_images(model: DDPM, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -35,8 +35,7 @@ import torch
 from torch import nn
 
 from genlab.models.labels import class_labels
-from genlab.rng import SampleRNG
-from genlab.samplers import VPDenoiser, make_alpha_bar, sample_ddim
+from genlab.samplers import VPDenoiser, make_alpha_bar, sample_ddim, sample_in_chunks
 
 SAMPLERS = ("ddim",)  # deterministic DDIM on the student's own grid, the sampler it was distilled for
 SAMPLE_OPTIONS = ("sampler", "steps", "callback", "batch_size")
@@ -232,18 +231,13 @@ def sample(model: Distill, n: int, *, cond: dict | None = None, generator: torch
     D = model.student_denoiser()
     sigmas = grid(D, steps)
     device = next(model.student.parameters()).device
-    rng = SampleRNG.from_generator(n, generator, device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, n, batch_size):
-        r = rng.split(start, min(n, start + batch_size))
-        x = r.randn(*model.data_shape) * (1 + sigmas[0] ** 2).sqrt().item()  # x_T / sqrt(alpha_bar_T)
-        c = {"y": y[start : start + len(r)].to(device)} if y is not None else None
-        x = sample_ddim(D, x, sigmas, cond=c, rng=r, callback=callback, eta=0.0)
-        out.append(x.clamp(-1, 1) if model.clip else x)
-    model.train(was_training)
-    return torch.cat(out)
+
+    def run(x, c, r):
+        x = sample_ddim(D, x, sigmas, cond={"y": c["y"].to(device)} if c else None, rng=r, callback=callback, eta=0.0)
+        return x.clamp(-1, 1) if model.clip else x
+
+    return sample_in_chunks(model, n, model.data_shape, sigmas[0], {"y": y} if y is not None else {}, run,
+                            generator=generator, device=device, batch_size=batch_size)
 
 
 @torch.no_grad()

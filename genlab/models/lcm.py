@@ -46,8 +46,7 @@ import torch
 from torch import nn
 
 from genlab.errors import UsageError
-from genlab.rng import SampleRNG
-from genlab.samplers import VPDenoiser, ddim_timesteps
+from genlab.samplers import VPDenoiser, ddim_timesteps, sample_in_chunks
 from genlab.samplers.consistency import c_skip_out, distance, ode_step, sample_consistency
 
 SAMPLERS = ("consistency",)  # multistep consistency sampling (Algorithm 3)
@@ -297,16 +296,11 @@ def sample(
     sig = sampling_sigmas(model, steps or cfg.sample_steps)
     c_all = model.tfam.sample_conditions(model.teacher, cond, n)
     device = next(model.student.parameters()).device
-    rng = SampleRNG.from_generator(n, generator, device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, n, batch_size):
-        r = rng.split(start, min(n, start + batch_size))
-        c = {k: v[start : start + len(r)] for k, v in c_all.items()}
-        z = r.randn(*model.latent_shape) * (1 + sig[0] ** 2).sqrt().item()  # x_T / sqrt(alpha_bar_T), as ldm
+
+    def run(z, c, r):  # x_T scaled as ldm's
         z = sample_consistency(lambda z, s, c: model.f(model.student, z, s, c or {}), z, sig, cond=c, rng=r,
                                callback=callback, sigma_min=model.sigma_min)
-        out.append(model.teacher.decode(z).clamp(-1, 1))
-    model.train(was_training)
-    return torch.cat(out)
+        return model.teacher.decode(z).clamp(-1, 1)
+
+    return sample_in_chunks(model, n, model.latent_shape, sig[0], c_all, run, generator=generator, device=device,
+                            batch_size=batch_size)

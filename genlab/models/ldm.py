@@ -45,6 +45,7 @@ from genlab.samplers import (
     karras_sigmas,
     make_alpha_bar,
     q_sample,
+    sample_in_chunks,
     v_target,
 )
 
@@ -536,25 +537,20 @@ def sample(
     sig = (discrete_sigmas(alpha_bar(cfg), steps) if grid == "uniform"
            else karras_sigmas(probe.sigma_min, probe.sigma_max, steps))
     device = next(model.parameters()).device
-    rng = SampleRNG.from_generator(n, generator, device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, n, batch_size):
-        r = rng.split(start, min(n, start + batch_size))
-        c = {k: v[start : start + len(r)] for k, v in c_all.items()}
+
+    def run(z, c, r):
         image, mask = c.pop("x_src", None), c.pop("inpaint_mask", None)
         if cfg.inpaint:
             c["concat"] = inpaint_concat(model, image, mask)
-        z = r.randn(*model.latent_shape) * (1 + sig[0] ** 2).sqrt().item()  # x_T / sqrt(alpha_bar_T)
         z = SAMPLER_FNS[sampler](denoiser(model, guidance, c), z, sig, cond=c or None, rng=r, callback=callback,
                                  **opts)
         x = model.decode(z)
         if cfg.inpaint:
             x = mask * x + (1 - mask) * image  # keep the given pixels exactly
-        out.append(x.clamp(-1, 1))
-    model.train(was_training)
-    return torch.cat(out)
+        return x.clamp(-1, 1)
+
+    return sample_in_chunks(model, n, model.latent_shape, sig[0], c_all, run, generator=generator, device=device,
+                            batch_size=batch_size)
 
 
 def report_images(model: LDM, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:

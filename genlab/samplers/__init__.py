@@ -28,6 +28,7 @@ from genlab.samplers.sampling import (
     sample_dpmpp_2m,
     sample_euler,
     sample_heun,
+    sample_in_chunks,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "sample_ddim",
     "sample_euler",
     "sample_heun",
+    "sample_in_chunks",
     "sample_dpmpp_2m",
     "classifier_free_guidance",
 ]

@@ -258,3 +258,25 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "heun": sample_heun,
     "dpmpp_2m": sample_dpmpp_2m,
 }
+
+
+def sample_in_chunks(model: torch.nn.Module, n: int, shape, sigma_max: torch.Tensor | float, cond: dict,
+                     run: Callable[[torch.Tensor, dict, SampleRNG], torch.Tensor], *,
+                     generator: torch.Generator | None, device, batch_size: int) -> torch.Tensor:
+    """n samples made `batch_size` at a time, the same however they are chunked: each image draws its own x_T from
+    its own noise stream (`SampleRNG`), x_T ~ N(0, (1 + sigma_max^2) I) -- the VP x_T / sqrt(alpha_bar_T) of
+    sigma-space samplers -- and its rows of the per-image conditions `cond` (tensors or lists of length n);
+    `run(x_T, cond_chunk, rng_chunk)` returns the chunk's images. `model` is in eval mode meanwhile."""
+    rng = SampleRNG.from_generator(n, generator, device)
+    scale = (1 + torch.as_tensor(sigma_max) ** 2).sqrt().item()
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for start in range(0, n, batch_size):
+            r = rng.split(start, min(n, start + batch_size))
+            c = {k: v[start : start + len(r)] for k, v in cond.items()}
+            out.append(run(r.randn(*shape) * scale, c, r))
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
