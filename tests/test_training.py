@@ -114,3 +114,4 @@ def test_max_minutes_stops_early_with_a_checkpoint_and_samples(tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "done" and info["step"] == 1
     assert (out / "checkpoints" / "step-0000001.json").exists() and (out / "samples" / "step-0000001.png").exists()
+    assert info["train_cpu_s"] > 0 and info["train_s"] > 0  # wall and CPU time of the training loop

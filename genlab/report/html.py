@@ -343,6 +343,8 @@ def _facts(info: dict, cfg: dict, run) -> list[tuple[str, str]]:
         per_step = info["train_s"] / info["step"] if info.get("step") else None
         rows.append(("training time", duration(info["train_s"])
                      + (f" ({duration(per_step)} per step)" if per_step else "")))
+    if "train_cpu_s" in info:  # CPU seconds of the main process: the wall time on a machine others shared
+        rows.append(("training CPU time", duration(info["train_cpu_s"]) + " (main process, all its threads)"))
     if "images_per_s" in info:
         rows.append(("throughput", rate(info["images_per_s"])))
     if "sample_s" in info:

@@ -352,6 +352,7 @@ def _train(cfg: RunConfig, out: Path, accelerator, *, resume: bool, command: str
     global_batch = tc.batch_size * world * tc.grad_accum
     pbar = bar(initial=start_step, total=tc.steps, progress=None if main else False, desc=f"{cfg.family} on {cfg.data.name}")
     t0 = last_save = time.time()
+    c0 = time.process_time()  # this process's CPU seconds (all its threads): the budget on a shared machine
     seen, end_step, status = 0, max(start_step, tc.steps), "done"
     # ---------------------------------------------------------------- step
     for step in range(start_step, tc.steps):
@@ -417,13 +418,13 @@ def _train(cfg: RunConfig, out: Path, accelerator, *, resume: bool, command: str
             end_step, status = step + 1, "interrupted" if stopping and step + 1 < tc.steps else "done"
             break
     pbar.close()
-    elapsed = time.time() - t0
+    elapsed, cpu = time.time() - t0, time.process_time() - c0
     if main:
         final = ema.model if ema is not None else raw
         t_s = time.time()
         if status == "done":
             save_samples(family, final, cfg, out / "samples" / f"step-{end_step:07d}", grid_cond)
-        timings = dict(train_s=elapsed, images_per_s=seen / max(elapsed, 1e-9), processes=world) if seen else {}
+        timings = dict(train_s=elapsed, train_cpu_s=cpu, images_per_s=seen / max(elapsed, 1e-9), processes=world) if seen else {}
         write_status(out, status, end_step, cfg, sample_s=time.time() - t_s, **timings)  # keep timings of a no-op resume
         if status == "interrupted":
             print(f"genlab: stopped at step {end_step}; checkpoint {ckpt_dir / f'step-{end_step:07d}.json'}; "
