@@ -142,7 +142,8 @@ def main() -> None:
         for item in args.pd.split(","):
             k, run = item.split("=")
             if int(k) in steps:
-                record("progressive distillation", int(k), partial(score, Path(run), args.n, args.seed, {}), run=run)
+                record("progressive distillation", int(k), partial(score, Path(run), args.n, args.seed, {},
+                                                                   img / f"distill-{k}step.png"), run=run)
     if "cd" in rows and not late():
         info = train("consistency", "consistency-cd-fmnist", work / "cd", args.cd_minutes, args.seed,
                      f"model.teacher={teacher}")
