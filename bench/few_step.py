@@ -186,10 +186,10 @@ def write_markdown(path: Path, results: list[dict], args) -> None:
     methods = list(dict.fromkeys(r["method"] for r in results if r["method"] not in ("data vs data", "teacher (ddpm)")))
     by = {(r["method"], r["steps"]): r for r in results}
     lines = [f"# Few-step generation on Fashion-MNIST: FID (protocol fmnist, n = {args.n:,}) by network evaluations",
-             "", "Command: `flock /tmp/genlab-cpu.lock env OMP_NUM_THREADS=2 .venv/bin/python bench/few_step.py "
+             "", f"Command: `env OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python bench/few_step.py "
              f"--teacher {args.teacher} --n {args.n} --steps {args.steps} --student-steps {args.student_steps} "
              f"--cd-minutes {args.cd_minutes:g} --ct-minutes {args.ct_minutes:g} --ct-steps {args.ct_steps} "
-             f"--ddgan-minutes {args.ddgan_minutes:g}" + (" --pd ..." if args.pd else "") + "` on a 2-core CPU dev "
+             f"--ddgan-minutes {args.ddgan_minutes:g}" + (f" --pd {args.pd}" if args.pd else "") + "` on a 2-core CPU dev "
              f"machine, no GPU. Budgets: CD {args.cd_minutes:g} min, CT {args.ct_minutes:g} min, DD-GAN "
              f"{args.ddgan_minutes:g} min per T (training time caps; steps reached in the last column). FID in "
              f"fmnist-net feature space, biased upward at n = {args.n:,} (compare with the data-vs-data row).", ""]
@@ -225,7 +225,7 @@ def write_markdown(path: Path, results: list[dict], args) -> None:
     if accs:
         lines += ["", "Conditional accuracy (fmnist-net's label = the requested class): "
                   + "; ".join(f"{r['method']} {r['steps']}: {r['cond_acc']:.3f}" for r in accs) + "."]
-    lines += ["", "Sampling seconds per row (n images, 2 threads): "
+    lines += ["", f"Sampling seconds per row (n images, {torch.get_num_threads()} threads): "
               + "; ".join(f"{r['method']} {r['steps']}: {r['sample_s']:.0f}" for r in results if "sample_s" in r) + "."]
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
